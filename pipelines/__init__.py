@@ -1,0 +1,1 @@
+"""pipelines: assemble xray_features steps into sklearn pipelines, and the CLIs."""

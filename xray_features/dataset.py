@@ -1,0 +1,208 @@
+"""Index a folder of labelled chest X-rays and split it by patient.
+
+Layouts: ``<root>/<split>/<LABEL>/*`` (Kaggle) or ``<root>/<LABEL>/*`` (flat),
+with LABEL in {NORMAL, PNEUMONIA}. Patient ids follow the data README:
+
+- ``IM-0001-0001.jpeg`` -> ``IM-0001``; ``NORMAL2-IM-0012-0001.jpeg`` -> ``NORMAL2-IM-0012``;
+- ``person12_bacteria_45.jpeg`` -> ``person12_bacteria`` (person numbers are
+  counted per subtype, so ``person12_virus`` is another patient);
+- any other name is its own patient (its file stem), and is counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+__all__ = [
+    "LABELS", "IMAGE_SUFFIXES", "ImageRecord", "DatasetIndex", "index_dataset",
+    "patient_id_from_name", "find_duplicates", "make_folds", "file_sha256",
+]
+
+LABELS = {"NORMAL": 0, "PNEUMONIA": 1}
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
+
+_NORMAL_RE = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE)
+_PNEUMONIA_RE = re.compile(r"^(person\d+_(bacteria|virus))_\d+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One labelled image: label is 0 (normal) or 1 (pneumonia)."""
+
+    path: str
+    label: int
+    subtype: str
+    patient_id: str
+    split: str
+    patient_from_rule: bool = True
+
+
+def patient_id_from_name(filename):
+    """Return ``(patient_id, subtype_or_None, matched_a_rule)`` for a file name."""
+    stem = Path(filename).stem
+    match = _PNEUMONIA_RE.match(stem)
+    if match:
+        return match.group(1).lower(), match.group(2).lower(), True
+    match = _NORMAL_RE.match(stem)
+    if match:
+        return match.group(1).upper(), "normal", True
+    return stem, None, False
+
+
+class DatasetIndex:
+    """An ordered list of `ImageRecord` with array views for sklearn."""
+
+    def __init__(self, records, root=None):
+        self.records = list(records)
+        self.root = None if root is None else str(root)
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, item):
+        return self.records[item]
+
+    @property
+    def paths(self):
+        return np.array([r.path for r in self.records], dtype=object)
+
+    @property
+    def labels(self):
+        return np.array([r.label for r in self.records], dtype=np.int64)
+
+    @property
+    def groups(self):
+        return np.array([r.patient_id for r in self.records], dtype=object)
+
+    @property
+    def splits(self):
+        return sorted({r.split for r in self.records})
+
+    @property
+    def n_fallback_patients(self):
+        """How many files fit no patient-id rule and are their own patient."""
+        return sum(not r.patient_from_rule for r in self.records)
+
+    def subset(self, split):
+        return DatasetIndex([r for r in self.records if r.split == split], self.root)
+
+    def take(self, indices):
+        return DatasetIndex([self.records[i] for i in indices], self.root)
+
+    def counts(self):
+        """``{split: {"NORMAL": n, "PNEUMONIA": n}}``."""
+        table = defaultdict(lambda: {"NORMAL": 0, "PNEUMONIA": 0})
+        for r in self.records:
+            table[r.split]["PNEUMONIA" if r.label else "NORMAL"] += 1
+        return dict(table)
+
+    def summary(self):
+        parts = [
+            f"{split}: {c['NORMAL']} NORMAL + {c['PNEUMONIA']} PNEUMONIA"
+            for split, c in sorted(self.counts().items())
+        ]
+        n_patients = len(set(self.groups))
+        return (
+            "; ".join(parts)
+            + f"; {n_patients} patients; {self.n_fallback_patients} files fit no patient rule"
+        )
+
+
+def index_dataset(root, splits=None):
+    """Index ``root`` in the Kaggle or the flat layout.
+
+    Parameters
+    ----------
+    root : path
+        A folder holding ``NORMAL``/``PNEUMONIA`` folders, or split folders of them.
+    splits : iterable of str, optional
+        Keep only these splits (Kaggle layout).
+
+    Returns
+    -------
+    DatasetIndex
+        Records sorted by path. The split is ``"all"`` in the flat layout.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    if any((root / label).is_dir() for label in LABELS):
+        split_dirs = {"all": root}
+    else:
+        split_dirs = {
+            d.name: d for d in sorted(root.iterdir())
+            if d.is_dir() and any((d / label).is_dir() for label in LABELS)
+        }
+    if splits is not None:
+        split_dirs = {name: d for name, d in split_dirs.items() if name in set(splits)}
+    if not split_dirs:
+        raise FileNotFoundError(
+            f"no NORMAL/ or PNEUMONIA/ folders under {root} (expected <root>/<split>/<LABEL>/ "
+            "or <root>/<LABEL>/)"
+        )
+    records = []
+    for split, split_dir in split_dirs.items():
+        for label_name, label in LABELS.items():
+            for path in _image_files(split_dir / label_name):
+                patient, subtype, from_rule = patient_id_from_name(path.name)
+                if label == 0:
+                    subtype = "normal"
+                elif subtype not in ("bacteria", "virus"):
+                    subtype = "unknown"
+                records.append(ImageRecord(str(path), label, subtype, patient, split, from_rule))
+    records.sort(key=lambda r: r.path)
+    return DatasetIndex(records, root)
+
+
+def _image_files(folder):
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+    )
+
+
+def file_sha256(path, chunk_size=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def find_duplicates(paths):
+    """Groups (lists of paths, size >= 2) of files with identical bytes."""
+    by_hash = defaultdict(list)
+    for path in paths:
+        by_hash[file_sha256(path)].append(os.fspath(path))
+    return [group for group in by_hash.values() if len(group) > 1]
+
+
+def make_folds(labels, groups, n_splits=5, seed=0):
+    """Deterministic patient-grouped, label-stratified folds.
+
+    Every comparison in the project uses this function, so models scored on
+    the same ``seed`` see exactly the same folds.
+
+    Returns
+    -------
+    list of (train_indices, test_indices)
+    """
+    labels = np.asarray(labels)
+    groups = np.asarray(groups)
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    placeholder = np.zeros((len(labels), 1))
+    return [
+        (np.sort(train), np.sort(test))
+        for train, test in splitter.split(placeholder, labels, groups)
+    ]
+

@@ -1,0 +1,254 @@
+"""Read a chest X-ray file into one 2-D grayscale array.
+
+`read_xray` is the only entry point. It returns a C-contiguous ``float32``
+array of shape ``(height, width)`` with values in ``[0, 1]``:
+
+- 8-bit JPEG/PNG are divided by 255, 16-bit PNG by 65535;
+- colour (RGB, RGBA, palette, CMYK JPEG) is converted to luminance
+  (ITU-R BT.601 weights); an alpha channel is dropped;
+- DICOM gets its modality LUT (rescale slope/intercept), then its VOI LUT or
+  window when present, is inverted when MONOCHROME1, and is min-max scaled.
+
+The format is found from the file's bytes, not its extension. Every failure
+raises `XrayReadError`, whose message names the file and the reason. The
+pixel-count guard is checked from the header, before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import cv2
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+__all__ = ["XrayReadError", "read_xray", "ReadImages", "DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE"]
+
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Largest width*height accepted (a 30,000 x 30,000 "bomb" is 900 M)."""
+
+DEFAULT_MIN_SIDE = 32
+"""Smallest side accepted: thinner images cannot be chest X-rays."""
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_DICOM_MAGIC_OFFSET = 128
+_MAX_HEADER_BYTES = 1 << 20
+
+
+class XrayReadError(ValueError):
+    """A file could not be read as a chest X-ray; the message says which and why."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def read_xray(path, *, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE):
+    """Read an image file as a 2-D float32 array in [0, 1].
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A JPEG, PNG (8 or 16 bit) or DICOM file.
+    max_pixels : int
+        Refuse images with more pixels than this, before decoding them.
+    min_side : int
+        Refuse images whose height or width is below this.
+
+    Raises
+    ------
+    XrayReadError
+        Missing, empty, truncated or corrupt file, not an image, an
+        unsupported pixel mode, or too many / too few pixels.
+    """
+    data = _read_bytes(path)
+    kind = _sniff(data)
+    if kind == "png":
+        width, height = _png_size(path, data)
+    elif kind == "jpeg":
+        width, height = _jpeg_size(path, data)
+    elif kind == "dicom":
+        return _read_dicom(path, data, max_pixels, min_side)
+    else:
+        raise XrayReadError(path, "not an image: unrecognised content (expected JPEG, PNG or DICOM)")
+    _check_size(path, width, height, max_pixels, min_side)
+    if kind == "jpeg":
+        _check_jpeg_complete(path, data)
+    return _decode_raster(path, data)
+
+
+def _read_bytes(path):
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise XrayReadError(path, "file not found") from None
+    except IsADirectoryError:
+        raise XrayReadError(path, "is a directory, not a file") from None
+    except PermissionError:
+        raise XrayReadError(path, "permission denied") from None
+    except OSError as exc:
+        raise XrayReadError(path, f"cannot open: {exc.strerror or exc}") from None
+    if not data:
+        raise XrayReadError(path, "empty file (0 bytes)")
+    return data
+
+
+def _sniff(data):
+    if data.startswith(_PNG_MAGIC):
+        return "png"
+    if data.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM":
+        return "dicom"
+    return None
+
+
+def _check_size(path, width, height, max_pixels, min_side):
+    if width * height > max_pixels:
+        raise XrayReadError(
+            path, f"too many pixels: {width}x{height} = {width * height:,} > limit {max_pixels:,}"
+        )
+    if min(width, height) < min_side:
+        raise XrayReadError(path, f"too small: {width}x{height}, a side is below {min_side} px")
+
+
+def _png_size(path, data):
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise XrayReadError(path, "truncated or corrupt PNG: no IHDR header")
+    width, height = struct.unpack(">II", data[16:24])
+    if zlib.crc32(data[12:29]) != struct.unpack(">I", data[29:33])[0]:
+        raise XrayReadError(path, "corrupt PNG: bad IHDR checksum")
+    if b"IEND" not in data[-12:]:
+        raise XrayReadError(path, "truncated PNG: no IEND chunk at the end")
+    return width, height
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(path, data):
+    """Width and height from the first SOF marker, without decoding."""
+    pos = 2
+    end = min(len(data), _MAX_HEADER_BYTES)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            raise XrayReadError(path, "corrupt JPEG: bad marker structure")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        if marker in _JPEG_SOF:
+            if pos + 9 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            if width == 0 or height == 0:
+                raise XrayReadError(path, "corrupt JPEG: zero width or height")
+            return width, height
+        if marker in (0xDA, 0xD9):
+            break
+        pos += 2 + length
+    raise XrayReadError(path, "truncated or corrupt JPEG: no frame header")
+
+
+def _check_jpeg_complete(path, data):
+    # Entropy-coded data never holds FF D9, so a whole file ends its last scan with EOI.
+    if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise XrayReadError(path, "truncated JPEG: the image data ends early")
+
+
+def _decode_raster(path, data):
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise XrayReadError(path, "corrupt image: the decoder rejected it")
+    if image.ndim == 3:
+        channels = image.shape[2]
+        if channels == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+        elif channels == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        elif channels == 1:
+            image = image[:, :, 0]
+        else:
+            raise XrayReadError(path, f"unsupported pixel mode: {channels} channels")
+    if image.dtype == np.uint8:
+        scale = 255.0
+    elif image.dtype == np.uint16:
+        scale = 65535.0
+    else:
+        raise XrayReadError(path, f"unsupported pixel mode: dtype {image.dtype}")
+    return np.ascontiguousarray(image, dtype=np.float32) / np.float32(scale)
+
+
+def _read_dicom(path, data, max_pixels, min_side):
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pragma: no cover - pydicom is a core dependency
+        raise XrayReadError(path, "DICOM support needs pydicom") from None
+    from io import BytesIO
+
+    try:
+        dataset = pydicom.dcmread(BytesIO(data))
+    except Exception as exc:
+        raise XrayReadError(path, f"corrupt DICOM: {exc}") from None
+    if "PixelData" not in dataset:
+        raise XrayReadError(path, "DICOM has no pixel data")
+    rows, cols = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+    _check_size(path, cols, rows, max_pixels, min_side)
+    if int(dataset.get("NumberOfFrames", 1) or 1) != 1:
+        raise XrayReadError(path, "unsupported DICOM: multi-frame")
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise XrayReadError(path, f"unsupported DICOM photometric interpretation: {photometric}")
+    try:
+        pixels = dataset.pixel_array
+    except Exception as exc:
+        raise XrayReadError(path, f"corrupt DICOM pixel data: {exc}") from None
+    if pixels.ndim != 2:
+        raise XrayReadError(path, f"unsupported DICOM pixel shape {pixels.shape}")
+    values = apply_modality_lut(pixels, dataset)
+    if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
+        values = apply_voi_lut(values, dataset, prefer_lut=True)
+    values = np.asarray(values, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    if photometric == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    return np.ascontiguousarray(scaled, dtype=np.float32)
+
+
+class ReadImages(TransformerMixin, BaseEstimator):
+    """Pipeline step: a sequence of file paths -> a list of 2-D float32 images.
+
+    Stateless; see `read_xray` for the output convention and the errors.
+    """
+
+    def __init__(self, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE):
+        self.max_pixels = max_pixels
+        self.min_side = min_side
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return [
+            read_xray(os.fspath(path), max_pixels=self.max_pixels, min_side=self.min_side)
+            for path in X
+        ]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        return tags
