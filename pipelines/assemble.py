@@ -1,0 +1,113 @@
+"""Assemble xray_features steps into sklearn pipelines.
+
+A model is ``read -> preprocess -> FeatureUnion(extractors) -> DecisionClassifier(head)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
+
+from xray_features import CachedExtractor, HOGFeatures, LBPFeatures, ReadImages
+from xray_features.cnn import OnnxEmbedder
+from xray_features.preprocess import default_preprocessor
+
+from .decision import DecisionClassifier
+
+__all__ = ["EXTRACTORS", "HEADS", "parse_feature_sets", "make_extractor", "make_head",
+           "make_feature_union", "make_pipeline", "extract_features", "extract_preprocessed"]
+
+EXTRACTORS = ("hog", "lbp", "cnn")
+HEADS = ("xgb", "logreg")
+
+
+def parse_feature_sets(text):
+    """``"hog,cnn,hog+cnn"`` -> ``["hog", "cnn", "hog+cnn"]`` (canonical order within a set)."""
+    sets = []
+    for item in str(text).split(","):
+        names = [name.strip().lower() for name in item.split("+") if name.strip()]
+        unknown = sorted(set(names) - set(EXTRACTORS))
+        if not names or unknown:
+            raise ValueError(f"unknown feature extractor(s) {unknown or item!r}: "
+                             f"choose '+'-joined names from {', '.join(EXTRACTORS)}")
+        canonical = "+".join(name for name in EXTRACTORS if name in names)
+        if canonical not in sets:
+            sets.append(canonical)
+    return sets
+
+
+def make_extractor(name, n_jobs=None):
+    if name == "hog":
+        return HOGFeatures(n_jobs=n_jobs)
+    if name == "lbp":
+        return LBPFeatures(n_jobs=n_jobs)
+    if name == "cnn":
+        return OnnxEmbedder()
+    raise ValueError(f"unknown extractor {name!r}")
+
+
+def make_head(name, random_state=0, n_jobs=None):
+    """``"logreg"``: scaling + L2 logistic regression; ``"xgb"``: gradient-boosted trees."""
+    if name == "logreg":
+        return Pipeline([
+            ("scale", StandardScaler()),
+            ("logreg", LogisticRegression(C=0.01, max_iter=3000, random_state=random_state)),
+        ])
+    if name == "xgb":
+        from xgboost import XGBClassifier
+
+        return XGBClassifier(
+            n_estimators=300, max_depth=3, learning_rate=0.08, subsample=0.8,
+            colsample_bytree=0.3, tree_method="hist", max_bin=64, n_jobs=n_jobs or 1,
+            random_state=random_state, eval_metric="logloss",
+        )
+    raise ValueError(f"unknown head {name!r}: choose from {', '.join(HEADS)}")
+
+
+def make_feature_union(feature_set, cache_dir=None, n_jobs=None):
+    names = feature_set.split("+")
+    return FeatureUnion([
+        (name, CachedExtractor(make_extractor(name, n_jobs), cache_dir)) for name in names
+    ])
+
+
+def make_pipeline(feature_set, head, cv=5, random_state=0, cache_dir=None, n_jobs=None,
+                  threshold_rule="youden"):
+    """The whole model, from file paths to a thresholded label."""
+    return Pipeline([
+        ("read", ReadImages()),
+        ("preprocess", default_preprocessor()),
+        ("features", make_feature_union(feature_set, cache_dir, n_jobs)),
+        ("classifier", DecisionClassifier(make_head(head, random_state, n_jobs), cv=cv,
+                                          threshold_rule=threshold_rule)),
+    ])
+
+
+def extract_features(paths, extractor_names, cache_dir=None, batch_size=128, n_jobs=None,
+                     progress=True):
+    """Read and preprocess every image once; run each extractor on the result.
+
+    Returns ``{name: float32 array (n, n_features)}``. The extractors are the
+    same objects `make_pipeline` uses, so the features match it exactly.
+    """
+    reader, preprocess = ReadImages(), default_preprocessor()
+    extractors = {name: CachedExtractor(make_extractor(name, n_jobs), cache_dir)
+                  for name in extractor_names}
+    parts = {name: [] for name in extractor_names}
+    paths = list(paths)
+    bar = tqdm(total=len(paths), desc="features", unit="img", disable=not progress)
+    for start in range(0, len(paths), batch_size):
+        images = preprocess.transform(reader.transform(paths[start:start + batch_size]))
+        for name, extractor in extractors.items():
+            parts[name].append(extractor.transform(images))
+        bar.update(len(images))
+    bar.close()
+    return {name: np.vstack(chunks) for name, chunks in parts.items()}
+
+
+def extract_preprocessed(paths):
+    """The shared preprocessed images ``(n, 224, 224)`` of ``paths``."""
+    return default_preprocessor().transform(ReadImages().transform(list(paths)))

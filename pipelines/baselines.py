@@ -1,0 +1,60 @@
+"""Fine-tuned pure-CNN baselines: their saved out-of-fold predictions.
+
+`experiments/train_cnn.py` cross-fits each CNN on `make_folds` and writes
+``experiments/oof/<name>.csv`` (columns ``path,label,fold,proba``; paths
+relative to the data root). The final model, trained on all of train/, is
+``xray_features/models/<name>.onnx``. A baseline is used only when its folds
+are exactly the folds of this run, so every model is compared on the same
+splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from xray_features.cnn import MODELS_DIR
+
+from .metrics import youden_threshold
+
+__all__ = ["OOF_DIR", "finetuned_baselines", "read_oof"]
+
+OOF_DIR = Path(__file__).resolve().parent.parent / "experiments" / "oof"
+
+
+def read_oof(path):
+    with open(path, newline="") as handle:
+        return {row["path"]: (int(row["label"]), int(row["fold"]), float(row["proba"]))
+                for row in csv.DictReader(handle)}
+
+
+def finetuned_baselines(train, folds, eval_index=None, oof_dir=OOF_DIR, models_dir=MODELS_DIR):
+    """Yield ``{"name", "oof", "threshold", "eval"}`` for each usable baseline."""
+    if not Path(oof_dir).is_dir():
+        return
+    fold_of = np.empty(len(train), int)
+    for k, (_, test) in enumerate(folds):
+        fold_of[test] = k
+    relative = [os.path.relpath(r.path, train.root) for r in train.records]
+    for csv_path in sorted(Path(oof_dir).glob("*.csv")):
+        table = read_oof(csv_path)
+        if not all(p in table for p in relative):
+            continue  # predictions for other images
+        rows = [table[p] for p in relative]
+        if [fold for _, fold, _ in rows] != list(fold_of):
+            continue  # other folds: not comparable
+        oof = np.array([proba for _, _, proba in rows])
+        threshold = youden_threshold(train.labels, oof)
+        scores = None
+        model_path = Path(models_dir) / f"{csv_path.stem}.onnx"
+        if eval_index is not None and model_path.is_file():
+            from xray_features.cnn import OnnxCNNClassifier
+
+            from .assemble import extract_preprocessed
+            images = extract_preprocessed(eval_index.paths)
+            scores = OnnxCNNClassifier(model_path=str(model_path)).predict_proba(images)[:, 1]
+        yield {"name": f"baseline/{csv_path.stem}", "oof": oof, "threshold": threshold,
+               "eval": scores}

@@ -1,0 +1,109 @@
+"""The last step: a head whose probability is calibrated and thresholded
+from out-of-fold training predictions only."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import check_cv
+from sklearn.utils.validation import check_is_fitted
+
+from .metrics import choose_threshold
+
+__all__ = ["DecisionClassifier", "PlattCalibrator"]
+
+_EPS = 1e-6
+
+
+def _logit(p):
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p / (1 - p))
+
+
+class PlattCalibrator(BaseEstimator):
+    """Platt scaling on the logit of a probability: p -> sigmoid(a logit(p) + b)."""
+
+    def fit(self, proba, y):
+        self.model_ = LogisticRegression(C=1e6).fit(_logit(proba)[:, None], y)
+        return self
+
+    def transform(self, proba):
+        return self.model_.predict_proba(_logit(proba)[:, None])[:, 1]
+
+
+class DecisionClassifier(ClassifierMixin, BaseEstimator):
+    """Fit ``estimator``, a calibration and a threshold, all without leakage.
+
+    `fit` first gets out-of-fold probabilities over ``cv`` (patient-grouped
+    folds, given as a list of ``(train, test)`` index pairs, or an int), fits
+    the calibration on them, and picks the threshold on the calibrated
+    out-of-fold probabilities by ``threshold_rule``; then it refits
+    ``estimator`` on all the data. `predict` uses that threshold.
+
+    Parameters
+    ----------
+    estimator : classifier with predict_proba
+    cv : int or list of (train, test) index arrays
+    calibration : {"sigmoid", None}
+        Platt scaling of the out-of-fold probabilities, or none.
+    threshold_rule : str
+        ``"youden"`` (max sensitivity + specificity - 1), ``"0.5"``, or
+        ``"sensitivity:0.95"`` (highest threshold reaching that sensitivity).
+
+    Attributes
+    ----------
+    estimator_ : the refitted head
+    oof_proba_ : calibrated out-of-fold probabilities, in training order
+    oof_fold_ : the fold of each training sample
+    calibrator_ : PlattCalibrator or None
+    threshold_ : float
+    """
+
+    def __init__(self, estimator, cv=5, calibration="sigmoid", threshold_rule="youden"):
+        self.estimator = estimator
+        self.cv = cv
+        self.calibration = calibration
+        self.threshold_rule = threshold_rule
+
+    def fit(self, X, y):
+        y = np.asarray(y)
+        self.classes_ = np.array([0, 1])
+        splits = list(check_cv(self.cv, y, classifier=True).split(X, y))
+        raw = np.full(len(y), np.nan)
+        fold = np.full(len(y), -1)
+        for k, (train, test) in enumerate(splits):
+            model = clone(self.estimator).fit(_take(X, train), y[train])
+            raw[test] = model.predict_proba(_take(X, test))[:, 1]
+            fold[test] = k
+        if np.isnan(raw).any():
+            raise ValueError("cv must cover every sample exactly once as a test sample")
+        self.raw_oof_proba_ = raw
+        self.oof_fold_ = fold
+        self.calibrator_ = self._fit_calibrator(raw, y)
+        self.oof_proba_ = self._calibrate(raw)
+        self.threshold_ = choose_threshold(y, self.oof_proba_, self.threshold_rule)
+        self.estimator_ = clone(self.estimator).fit(X, y)
+        return self
+
+    def _fit_calibrator(self, raw, y):
+        if self.calibration is None:
+            return None
+        if self.calibration != "sigmoid":
+            raise ValueError(f"calibration must be 'sigmoid' or None, got {self.calibration!r}")
+        return PlattCalibrator().fit(raw, y)
+
+    def _calibrate(self, raw):
+        return raw if self.calibrator_ is None else self.calibrator_.transform(raw)
+
+    def predict_proba(self, X):
+        check_is_fitted(self, "estimator_")
+        p = self._calibrate(self.estimator_.predict_proba(X)[:, 1])
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X):
+        return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
+
+
+def _take(X, index):
+    return X[index] if hasattr(X, "shape") else [X[i] for i in index]

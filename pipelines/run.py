@@ -1,0 +1,273 @@
+"""Cross-validated comparison of feature sets and heads against pure-CNN baselines.
+
+Example::
+
+    python -m pipelines.run --features hog,cnn,hog+cnn --eval-dir ../shared/data/kermany/site_val
+
+Every model is scored on the same patient-grouped, label-stratified folds
+(`xray_features.dataset.make_folds`). Its threshold and calibration come from
+out-of-fold training predictions only. Each model is then refitted on all of
+the training images and saved to ``<out>/models/<features>-<head>.joblib``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xray_features.dataset import index_dataset, make_folds
+
+from .assemble import HEADS, extract_features, make_feature_union, make_head, parse_feature_sets
+from .baselines import finetuned_baselines
+from .decision import DecisionClassifier
+from .metrics import auc, binary_metrics, bootstrap_ci, delong_test, paired_bootstrap_auc
+from .persist import save_model
+from .report import write_report
+
+PROBE = "baseline/cnn-probe"
+
+
+def default_data_dir():
+    return os.environ.get("XRAY_DATA") or "./data/chest_xray"
+
+
+def default_cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "xray-hybrid")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.run",
+        description=__doc__.split("\n\n")[0] + ". Writes metrics.json, report.md, "
+        "report.html, ROC / confusion / calibration plots and the fitted models to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--features", default="hog,cnn,hog+cnn",
+                        help="comma-separated feature sets; each is '+'-joined extractors "
+                        "from hog, lbp, cnn (e.g. hog,cnn,hog+cnn)")
+    parser.add_argument("--heads", default="xgb,logreg",
+                        help=f"comma-separated heads from {', '.join(HEADS)}")
+    parser.add_argument("--data", default=default_data_dir(),
+                        help="training data: a Kaggle-layout root (its train/ split is used) "
+                        "or a flat <root>/<LABEL>/ folder; default $XRAY_DATA, else "
+                        "./data/chest_xray")
+    parser.add_argument("--eval-dir", default=None,
+                        help="a labelled folder (<dir>/NORMAL, <dir>/PNEUMONIA) scored by the "
+                        "models fitted on all of the training data; never used for fitting")
+    parser.add_argument("--cv", type=int, default=5, help="number of patient-grouped folds")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the heads")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use a stratified, patient-grouped subsample of about N images")
+    parser.add_argument("--threshold-rule", default="youden",
+                        help="how the threshold is chosen from out-of-fold predictions: "
+                        "'youden', 'sensitivity:0.95' or a number")
+    parser.add_argument("--out", default="runs/latest", help="output folder")
+    parser.add_argument("--cache-dir", default=default_cache_dir(),
+                        help="feature cache folder ('none' disables it)")
+    parser.add_argument("--n-jobs", type=int, default=1,
+                        help="parallel jobs for feature extraction and XGBoost")
+    parser.add_argument("--n-boot", type=int, default=1000,
+                        help="bootstrap replicates for confidence intervals")
+    parser.add_argument("--no-save", action="store_true", help="do not save fitted models")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def load_training_index(data_dir, limit=None, seed=0):
+    index = index_dataset(data_dir)
+    if "train" in index.splits:
+        index = index.subset("train")
+    if limit and limit < len(index):
+        n_splits = max(2, round(len(index) / limit))
+        _, keep = make_folds(index.labels, index.groups, n_splits=n_splits, seed=seed)[0]
+        index = index.take(keep)
+    return index
+
+
+def manifest_hash(index):
+    lines = sorted(f"{os.path.relpath(r.path, index.root)}\t{r.label}" for r in index.records)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def evaluate(y, p, groups, threshold, n_boot, seed):
+    metrics = binary_metrics(y, p, threshold)
+    metrics["ci"] = bootstrap_ci(y, p, groups, threshold, n_boot=n_boot, seed=seed)
+    return metrics
+
+
+def compare(y, p_model, p_reference, groups, n_boot, seed):
+    delong = delong_test(y, p_model, p_reference)
+    boot = paired_bootstrap_auc(y, p_model, p_reference, groups, n_boot=n_boot, seed=seed)
+    significant = boot["ci"][0] > 0 or boot["ci"][1] < 0
+    if not significant:
+        verdict = "no significant difference"
+    else:
+        verdict = "better than baseline" if boot["diff"] > 0 else "worse than baseline"
+    return {"diff": boot["diff"], "ci": boot["ci"], "delong_p": delong["p_value"],
+            "bootstrap_p": boot["p_value"], "verdict": verdict}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        feature_sets = parse_feature_sets(args.features)
+        heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+        for head in heads:
+            make_head(head)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not Path(args.data).is_dir():
+        print(f"error: training data not found at {args.data!r}. Pass --data DIR or set "
+              "XRAY_DATA (a folder with train/NORMAL and train/PNEUMONIA).", file=sys.stderr)
+        return 2
+    if args.eval_dir and not Path(args.eval_dir).is_dir():
+        print(f"error: --eval-dir {args.eval_dir!r} is not a folder", file=sys.stderr)
+        return 2
+    cache_dir = None if args.cache_dir.lower() == "none" else args.cache_dir
+    progress = not args.quiet
+    out = Path(args.out)
+
+    train = load_training_index(args.data, args.limit, args.seed)
+    y, groups = train.labels, train.groups
+    folds = make_folds(y, groups, n_splits=args.cv, seed=args.seed)
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    log(f"training images: {train.summary()}")
+
+    extractors = sorted({name for fs in feature_sets for name in fs.split("+")} | {"cnn"})
+    features = extract_features(train.paths, extractors, cache_dir, n_jobs=args.n_jobs,
+                                progress=progress)
+    eval_index = eval_features = None
+    if args.eval_dir:
+        eval_index = index_dataset(args.eval_dir)
+        eval_features = extract_features(eval_index.paths, extractors, cache_dir,
+                                         n_jobs=args.n_jobs, progress=progress)
+
+    specs = [(f"{fs}/{head}", fs, head) for fs in feature_sets for head in heads]
+    specs.append((PROBE, "cnn", "logreg"))
+    models, curves_cv, curves_eval, per_fold = {}, {}, {}, []
+    fold_of = np.empty(len(y), int)
+    for k, (_, test) in enumerate(folds):
+        fold_of[test] = k
+    for name, fs, head in specs:
+        log(f"fitting {name} ({args.cv}-fold CV + final fit)")
+        X = np.hstack([features[e] for e in fs.split("+")])
+        clf = DecisionClassifier(make_head(head, args.seed, args.n_jobs), cv=folds,
+                                 threshold_rule=args.threshold_rule).fit(X, y)
+        result = {"features": fs, "head": head,
+                  "cv": evaluate(y, clf.oof_proba_, groups, clf.threshold_, args.n_boot, args.seed),
+                  "cv_at_0.5": binary_metrics(y, clf.oof_proba_, 0.5)}
+        curves_cv[name] = clf.oof_proba_
+        per_fold.append({"model": name, "auc": [auc(y[t], clf.oof_proba_[t]) for _, t in folds]})
+        if eval_index is not None:
+            Xe = np.hstack([eval_features[e] for e in fs.split("+")])
+            p_eval = clf.predict_proba(Xe)[:, 1]
+            curves_eval[name] = p_eval
+            result["eval"] = evaluate(eval_index.labels, p_eval, eval_index.groups,
+                                      clf.threshold_, args.n_boot, args.seed)
+            result["eval_at_0.5"] = binary_metrics(eval_index.labels, p_eval, 0.5)
+        models[name] = result
+        if not args.no_save and not name.startswith("baseline/"):
+            pipeline = _final_pipeline(fs, clf, args.n_jobs)
+            metadata = {"feature_set": fs, "head": head, "threshold": clf.threshold_,
+                        "threshold_rule": args.threshold_rule, "cv": result["cv"],
+                        "training_manifest_sha256": manifest_hash(train),
+                        "n_training_images": len(train), "seed": args.seed}
+            save_model(pipeline, out / "models" / f"{fs.replace('+', '_')}-{head}.joblib",
+                       metadata)
+
+    for base in finetuned_baselines(train, folds, eval_index):
+        log(f"baseline {base['name']} (fine-tuned CNN, out-of-fold predictions)")
+        p = base["oof"]
+        models[base["name"]] = {
+            "features": "cnn-finetuned", "head": base["name"].split("/", 1)[1],
+            "cv": evaluate(y, p, groups, base["threshold"], args.n_boot, args.seed),
+            "cv_at_0.5": binary_metrics(y, p, 0.5)}
+        curves_cv[base["name"]] = p
+        per_fold.append({"model": base["name"], "auc": [auc(y[t], p[t]) for _, t in folds]})
+        if base.get("eval") is not None:
+            curves_eval[base["name"]] = base["eval"]
+            models[base["name"]]["eval"] = evaluate(eval_index.labels, base["eval"],
+                                                    eval_index.groups, base["threshold"],
+                                                    args.n_boot, args.seed)
+            models[base["name"]]["eval_at_0.5"] = binary_metrics(eval_index.labels,
+                                                                 base["eval"], 0.5)
+
+    comparisons = {}
+    for name in models:
+        if name == PROBE:
+            continue
+        comparisons[name] = {"cv": compare(y, curves_cv[name], curves_cv[PROBE], groups,
+                                           args.n_boot, args.seed)}
+        if name in curves_eval:
+            comparisons[name]["eval"] = compare(eval_index.labels, curves_eval[name],
+                                                curves_eval[PROBE], eval_index.groups,
+                                                args.n_boot, args.seed)
+    candidates = [n for n in models if not n.startswith("baseline/")]
+    selected = max(candidates, key=lambda n: (models[n]["cv"]["auc"], -len(n)))
+    verdict = comparisons[selected]["cv"]["verdict"]
+    summary = (f"Selected by cross-validated AUC (without looking at the evaluation set): "
+               f"{selected}, CV AUC {models[selected]['cv']['auc']:.3f} vs "
+               f"{models[PROBE]['cv']['auc']:.3f} for {PROBE}: {verdict} (patient-level "
+               f"paired bootstrap, DeLong p = {comparisons[selected]['cv']['delong_p']:.3g}).")
+    if selected in curves_eval:
+        ev = comparisons[selected]["eval"]
+        summary += (f" On the evaluation set: AUC {models[selected]['eval']['auc']:.3f} vs "
+                    f"{models[PROBE]['eval']['auc']:.3f}: {ev['verdict']} "
+                    f"(DeLong p = {ev['delong_p']:.3g}).")
+    results = {
+        "command": "python -m pipelines.run " + " ".join(shlex.quote(a) for a in
+                                                          (argv if argv is not None else sys.argv[1:])),
+        "data": str(args.data), "eval_dir": args.eval_dir, "n_train": len(train),
+        "cv_folds": args.cv, "seed": args.seed, "threshold_rule": args.threshold_rule,
+        "baseline": PROBE, "selected": selected, "summary": summary, "models": models,
+        "comparisons": comparisons, "per_fold": per_fold,
+        "wall_time_s": None,
+    }
+    curves = {"cv": (y, curves_cv)}
+    if eval_index is not None:
+        curves["eval"] = (eval_index.labels, curves_eval)
+    results["wall_time_s"] = round(time.perf_counter() - started, 1)
+    write_report(out, results, curves)
+    print(_console_table(models))
+    print(summary)
+    print(f"report: {out / 'report.html'}  ({results['wall_time_s']} s)")
+    return 0
+
+
+def _final_pipeline(feature_set, fitted_classifier, n_jobs):
+    from sklearn.pipeline import Pipeline
+
+    from xray_features import ReadImages
+    from xray_features.preprocess import default_preprocessor
+
+    return Pipeline([
+        ("read", ReadImages()),
+        ("preprocess", default_preprocessor()),
+        ("features", make_feature_union(feature_set, None, n_jobs)),
+        ("classifier", fitted_classifier),
+    ])
+
+
+def _console_table(models):
+    lines = [f"{'model':<28} {'CV AUC':>7} {'CV acc':>7} {'eval AUC':>9} {'eval acc':>9} "
+             f"{'eval sens':>9} {'eval spec':>9}"]
+    for name, m in models.items():
+        e = m.get("eval", {})
+        cells = [e.get(k) for k in ("auc", "accuracy", "sensitivity", "specificity")]
+        lines.append(f"{name:<28} {m['cv']['auc']:7.3f} {m['cv']['accuracy']:7.3f} "
+                     + " ".join(f"{c:9.3f}" if c is not None else f"{'–':>9}" for c in cells))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

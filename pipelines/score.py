@@ -1,0 +1,208 @@
+"""Score chest X-ray files with a saved pipeline; one CSV row per input.
+
+Example::
+
+    python -m pipelines.score xrays/ --out scores.csv
+
+Inputs are files, folders (searched recursively; hidden files skipped) and
+list files (a ``.txt`` or ``.lst`` argument holds one path per line, relative
+paths taken from the list's folder). Every input gets exactly one row, in
+input order, with ``status`` ``ok`` or ``error`` and the reason. The CSV is
+rewritten atomically (temporary file + rename) as work progresses, so it is
+always a valid CSV; ``--resume`` keeps the rows already there.
+
+Exit codes: 0 every input was scored; 1 at least one input has
+``status=error``; 2 bad usage, unreadable model, or another run holds the
+output's lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fcntl
+import io
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from xray_features.cnn import MODELS_DIR
+from xray_features.io import read_xray
+
+from .persist import ModelFileError, atomic_write_bytes, load_model
+
+__all__ = ["DEFAULT_MODEL", "COLUMNS", "expand_inputs", "score_paths", "main"]
+
+DEFAULT_MODEL = MODELS_DIR / "default_pipeline.joblib"
+COLUMNS = ("path", "probability", "prediction", "label", "status", "error")
+LIST_SUFFIXES = (".txt", ".lst")
+LABEL_NAMES = ("NORMAL", "PNEUMONIA")
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def expand_inputs(arguments):
+    """Files, folders and list files -> an ordered list of paths (as given)."""
+    paths = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            paths += sorted(str(p) for p in path.rglob("*")
+                            if not any(part.startswith(".") for part in p.relative_to(path).parts)
+                            and (p.is_file() or p.is_symlink()))
+        elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
+            for line in path.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    listed = Path(line)
+                    paths.append(str(listed if listed.is_absolute() else path.parent / listed))
+        else:
+            paths.append(str(path))  # a missing file still gets its error row
+    return paths
+
+
+def _error_row(path, message):
+    return {"path": path, "probability": "", "prediction": "", "label": "",
+            "status": "error", "error": message}
+
+
+def _ok_row(path, probability, threshold):
+    label = int(probability >= threshold)
+    return {"path": path, "probability": f"{probability:.6f}", "prediction": LABEL_NAMES[label],
+            "label": str(label), "status": "ok", "error": ""}
+
+
+def score_paths(model, paths):
+    """Score one batch of paths; returns one row dict per path, never raises
+    for a bad image."""
+    reader = model.steps[0][1]
+    rest = model[1:]
+    threshold = model.steps[-1][1].threshold_
+    rows, images, where = [None] * len(paths), [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(read_xray(path, max_pixels=reader.max_pixels, min_side=reader.min_side))
+            where.append(i)
+        except Exception as exc:  # XrayReadError, or anything unexpected
+            rows[i] = _error_row(path, str(exc))
+    if images:
+        try:
+            probabilities = rest.predict_proba(images)[:, 1]
+        except Exception:  # isolate the image that breaks the batch
+            probabilities = []
+            for i, image in zip(where, images):
+                try:
+                    probabilities.append(rest.predict_proba([image])[0, 1])
+                except Exception as exc:
+                    probabilities.append(None)
+                    rows[i] = _error_row(paths[i], f"{paths[i]}: scoring failed: {exc}")
+        for i, probability in zip(where, probabilities):
+            if probability is not None:
+                rows[i] = _ok_row(paths[i], float(probability), threshold)
+    return rows
+
+
+def _csv_bytes(rows):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def _read_done(out):
+    try:
+        with open(out, newline="") as handle:
+            return {row["path"]: row for row in csv.DictReader(handle)
+                    if row.get("status") in ("ok", "error")}
+    except (OSError, csv.Error, KeyError):
+        return {}
+
+
+@contextmanager
+def _exclusive_lock(out):
+    lock_path = Path(str(out) + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"{out} is being written by another scoring run "
+                           f"(lock {lock_path} is held); wait for it or use another --out")
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.score", description=__doc__.split("\n\n")[0] + ".",
+        epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders, or .txt/.lst files listing paths")
+    parser.add_argument("--model", default=None,
+                        help="a saved pipeline (.joblib with its .sha256 sidecar); default: "
+                        "the packaged hog+cnn model")
+    parser.add_argument("--out", default="scores.csv", help="output CSV (default scores.csv)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep rows already in --out and score only the rest")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    parser.add_argument("--checkpoint-seconds", type=float, default=5.0,
+                        help="rewrite the CSV at most this often while scoring")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    model_path = Path(args.model) if args.model else DEFAULT_MODEL
+    try:
+        model, metadata = load_model(model_path)
+    except ModelFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    paths = expand_inputs(args.inputs)
+    if not paths:
+        print("error: no input files found", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with _exclusive_lock(args.out):
+            rows = _score_all(model, paths, args)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    failed = sum(row["status"] != "ok" for row in rows)
+    print(f"scored {len(rows) - failed} of {len(rows)} inputs with {model_path.name} "
+          f"({metadata.get('feature_set')}/{metadata.get('head')}, threshold "
+          f"{metadata.get('threshold'):.3f}); {failed} errors; wrote {args.out}", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _score_all(model, paths, args):
+    done = _read_done(args.out) if args.resume else {}
+    rows = [done.get(path) for path in paths]
+    todo = [i for i, row in enumerate(rows) if row is None]
+    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), unit="img", desc="scoring",
+               disable=args.quiet, file=sys.stderr)
+    last_write = time.monotonic()
+    for start in range(0, len(todo), args.batch_size):
+        batch = todo[start:start + args.batch_size]
+        for i, row in zip(batch, score_paths(model, [paths[i] for i in batch])):
+            rows[i] = row
+        bar.update(len(batch))
+        if time.monotonic() - last_write >= args.checkpoint_seconds:
+            atomic_write_bytes(args.out, _csv_bytes([r for r in rows if r is not None]))
+            last_write = time.monotonic()
+    bar.close()
+    atomic_write_bytes(args.out, _csv_bytes(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""`python -m pipelines.run`, end to end on a small synthetic set."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipelines import run
+from pipelines.persist import load_model
+from xray_features.dataset import index_dataset
+
+
+def test_metrics_json_contract(trained_run):
+    results = json.loads((trained_run / "metrics.json").read_text())
+    expected = {"hog/logreg", "hog/xgb", "hog+lbp/logreg", "hog+lbp/xgb", "baseline/cnn-probe"}
+    assert expected <= set(results["models"])
+    for name, model in results["models"].items():
+        for part in ("cv", "eval"):
+            for key in ("auc", "accuracy", "sensitivity", "specificity", "threshold", "n"):
+                assert key in model[part], (name, part, key)
+        assert model["cv"]["n"] == 30 and model["eval"]["n"] == 12
+        assert model["cv"]["ci"]["auc"][0] <= model["cv"]["auc"] <= model["cv"]["ci"]["auc"][1]
+    assert results["selected"] in results["models"]
+    assert not results["selected"].startswith("baseline/")
+    # the synthetic signal is easy: the texture models must learn it
+    assert results["models"]["hog/logreg"]["cv"]["auc"] > 0.9
+    for name in ("roc_cv.png", "roc_eval.png", "confusion_cv.png", "calibration_eval.png",
+                 "report.md", "report.html"):
+        assert (trained_run / name).stat().st_size > 0
+    html = (trained_run / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Per fold" in html
+
+
+def test_saved_model_reproduces_eval_scores(trained_run, synthetic_data):
+    results = json.loads((trained_run / "metrics.json").read_text())
+    model, metadata = load_model(trained_run / "models" / "hog-logreg.joblib")
+    assert metadata["feature_set"] == "hog" and metadata["head"] == "logreg"
+    assert metadata["threshold"] == model.steps[-1][1].threshold_
+    assert len(metadata["training_manifest_sha256"]) == 64
+    test = index_dataset(synthetic_data / "test")
+    proba = model.predict_proba(list(test.paths))[:, 1]
+    predicted = model.predict(list(test.paths))
+    np.testing.assert_array_equal(predicted, (proba >= metadata["threshold"]).astype(int))
+    expected_accuracy = results["models"]["hog/logreg"]["eval"]["accuracy"]
+    assert np.mean(predicted == test.labels) == pytest.approx(expected_accuracy)
+
+
+def test_same_seed_gives_identical_cv_numbers(synthetic_data, tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        run.main(["--data", str(synthetic_data), "--features", "hog", "--heads", "xgb",
+                  "--cv", "3", "--n-boot", "30", "--quiet", "--no-save",
+                  "--out", str(tmp_path / name), "--cache-dir", "none"])
+        outs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    a, b = (o["models"]["hog/xgb"]["cv"] for o in outs)
+    assert a == b
+
+
+def test_limit_subsamples_by_patient(synthetic_data):
+    index = run.load_training_index(synthetic_data, limit=10, seed=0)
+    assert 6 <= len(index) <= 15
+    assert set(index.labels) == {0, 1}
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert run.main(["--data", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert "training data not found" in capsys.readouterr().err
+
+
+def test_unknown_feature_is_a_clear_error(capsys):
+    assert run.main(["--features", "hog+sift", "--quiet"]) == 2
+    assert "sift" in capsys.readouterr().err
+
+
+def test_help_explains_options():
+    text = subprocess.run([sys.executable, "-m", "pipelines.run", "--help"],
+                          capture_output=True, text=True, check=True).stdout
+    for option in ("--features", "--heads", "--data", "--eval-dir", "--cv", "--seed", "--out",
+                   "--n-jobs", "--limit"):
+        assert option in text
