@@ -60,8 +60,8 @@ def make_head(name, random_state=0, n_jobs=None):
         from xgboost import XGBClassifier
 
         return XGBClassifier(
-            n_estimators=300, max_depth=3, learning_rate=0.08, subsample=0.8,
-            colsample_bytree=0.3, tree_method="hist", max_bin=64, n_jobs=n_jobs or 1,
+            n_estimators=200, max_depth=3, learning_rate=0.1, subsample=0.8,
+            colsample_bytree=0.2, tree_method="hist", max_bin=32, n_jobs=n_jobs or 1,
             random_state=random_state, eval_metric="logloss",
         )
     raise ValueError(f"unknown head {name!r}: choose from {', '.join(HEADS)}")
@@ -75,11 +75,11 @@ def make_feature_union(feature_set, cache_dir=None, n_jobs=None):
 
 
 def make_pipeline(feature_set, head, cv=5, random_state=0, cache_dir=None, n_jobs=None,
-                  threshold_rule="youden"):
+                  threshold_rule="youden", lung_crop=False):
     """The whole model, from file paths to a thresholded label."""
     return Pipeline([
         ("read", ReadImages()),
-        ("preprocess", default_preprocessor()),
+        ("preprocess", default_preprocessor(crop=lung_crop)),
         ("features", make_feature_union(feature_set, cache_dir, n_jobs)),
         ("classifier", DecisionClassifier(make_head(head, random_state, n_jobs), cv=cv,
                                           threshold_rule=threshold_rule)),
@@ -87,14 +87,19 @@ def make_pipeline(feature_set, head, cv=5, random_state=0, cache_dir=None, n_job
 
 
 def extract_features(paths, extractor_names, cache_dir=None, batch_size=128, n_jobs=None,
-                     progress=True):
+                     progress=True, preprocessor=None, extractors=None):
     """Read and preprocess every image once; run each extractor on the result.
 
     Returns ``{name: float32 array (n, n_features)}``. The extractors are the
     same objects `make_pipeline` uses, so the features match it exactly.
+    ``preprocessor`` and ``extractors`` (``{name: extractor}``) override the
+    defaults, for studies.
     """
-    reader, preprocess = ReadImages(), default_preprocessor()
-    extractors = {name: CachedExtractor(make_extractor(name, n_jobs), cache_dir)
+    reader = ReadImages()
+    preprocess = preprocessor if preprocessor is not None else default_preprocessor()
+    extractors = extractors or {}
+    extractors = {name: CachedExtractor(extractors.get(name) or make_extractor(name, n_jobs),
+                                        cache_dir)
                   for name in extractor_names}
     parts = {name: [] for name in extractor_names}
     paths = list(paths)
@@ -108,6 +113,7 @@ def extract_features(paths, extractor_names, cache_dir=None, batch_size=128, n_j
     return {name: np.vstack(chunks) for name, chunks in parts.items()}
 
 
-def extract_preprocessed(paths):
+def extract_preprocessed(paths, preprocessor=None):
     """The shared preprocessed images ``(n, 224, 224)`` of ``paths``."""
-    return default_preprocessor().transform(ReadImages().transform(list(paths)))
+    preprocess = preprocessor if preprocessor is not None else default_preprocessor()
+    return preprocess.transform(ReadImages().transform(list(paths)))

@@ -3,7 +3,8 @@
 `experiments/train_cnn.py` cross-fits each CNN on `make_folds` and writes
 ``experiments/oof/<name>.csv`` (columns ``path,label,fold,proba``; paths
 relative to the data root). The final model, trained on all of train/, is
-``xray_features/models/<name>.onnx``. A baseline is used only when its folds
+``xray_features/models/<name>.onnx``; it was trained on images preprocessed
+by ``default_preprocessor(crop=True)``. A baseline is used only when its folds
 are exactly the folds of this run, so every model is compared on the same
 splits.
 """
@@ -53,8 +54,12 @@ def finetuned_baselines(train, folds, eval_index=None, oof_dir=OOF_DIR, models_d
         if eval_index is not None and model_path.is_file():
             from xray_features.cnn import OnnxCNNClassifier
 
+            from xray_features.preprocess import default_preprocessor
+
             from .assemble import extract_preprocessed
-            images = extract_preprocessed(eval_index.paths)
+
+            # the CNNs were trained on CLAHE -> LungCrop -> Resize(224)
+            images = extract_preprocessed(eval_index.paths, default_preprocessor(crop=True))
             scores = OnnxCNNClassifier(model_path=str(model_path)).predict_proba(images)[:, 1]
         yield {"name": f"baseline/{csv_path.stem}", "oof": oof, "threshold": threshold,
                "eval": scores}

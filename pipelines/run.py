@@ -21,8 +21,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import clone
+from sklearn.pipeline import Pipeline
 
+from xray_features import ReadImages
 from xray_features.dataset import index_dataset, make_folds
+from xray_features.preprocess import default_preprocessor
 
 from .assemble import HEADS, extract_features, make_feature_union, make_head, parse_feature_sets
 from .baselines import finetuned_baselines
@@ -69,6 +73,9 @@ def build_parser():
     parser.add_argument("--threshold-rule", default="youden",
                         help="how the threshold is chosen from out-of-fold predictions: "
                         "'youden', 'sensitivity:0.95' or a number")
+    parser.add_argument("--lung-crop", action="store_true",
+                        help="add LungCrop to the preprocessing (off by default: it lowered "
+                        "site_val AUC, see experiments/site_val_log.md)")
     parser.add_argument("--out", default="runs/latest", help="output folder")
     parser.add_argument("--cache-dir", default=default_cache_dir(),
                         help="feature cache folder ('none' disables it)")
@@ -144,13 +151,15 @@ def main(argv=None):
     log(f"training images: {train.summary()}")
 
     extractors = sorted({name for fs in feature_sets for name in fs.split("+")} | {"cnn"})
+    preprocessor = default_preprocessor(crop=args.lung_crop)
     features = extract_features(train.paths, extractors, cache_dir, n_jobs=args.n_jobs,
-                                progress=progress)
+                                progress=progress, preprocessor=preprocessor)
     eval_index = eval_features = None
     if args.eval_dir:
         eval_index = index_dataset(args.eval_dir)
         eval_features = extract_features(eval_index.paths, extractors, cache_dir,
-                                         n_jobs=args.n_jobs, progress=progress)
+                                         n_jobs=args.n_jobs, progress=progress,
+                                         preprocessor=preprocessor)
 
     specs = [(f"{fs}/{head}", fs, head) for fs in feature_sets for head in heads]
     specs.append((PROBE, "cnn", "logreg"))
@@ -177,11 +186,12 @@ def main(argv=None):
             result["eval_at_0.5"] = binary_metrics(eval_index.labels, p_eval, 0.5)
         models[name] = result
         if not args.no_save and not name.startswith("baseline/"):
-            pipeline = _final_pipeline(fs, clf, args.n_jobs)
+            pipeline = _final_pipeline(fs, clf, preprocessor, args.n_jobs)
             metadata = {"feature_set": fs, "head": head, "threshold": clf.threshold_,
                         "threshold_rule": args.threshold_rule, "cv": result["cv"],
                         "training_manifest_sha256": manifest_hash(train),
-                        "n_training_images": len(train), "seed": args.seed}
+                        "n_training_images": len(train), "seed": args.seed,
+                        "lung_crop": args.lung_crop}
             save_model(pipeline, out / "models" / f"{fs.replace('+', '_')}-{head}.joblib",
                        metadata)
 
@@ -244,15 +254,10 @@ def main(argv=None):
     return 0
 
 
-def _final_pipeline(feature_set, fitted_classifier, n_jobs):
-    from sklearn.pipeline import Pipeline
-
-    from xray_features import ReadImages
-    from xray_features.preprocess import default_preprocessor
-
+def _final_pipeline(feature_set, fitted_classifier, preprocessor, n_jobs):
     return Pipeline([
         ("read", ReadImages()),
-        ("preprocess", default_preprocessor()),
+        ("preprocess", clone(preprocessor)),
         ("features", make_feature_union(feature_set, None, n_jobs)),
         ("classifier", fitted_classifier),
     ])

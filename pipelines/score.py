@@ -4,12 +4,18 @@ Example::
 
     python -m pipelines.score xrays/ --out scores.csv
 
+``--model`` is a saved ``.joblib`` pipeline (checked against its ``.sha256``
+sidecar before it is unpickled) or a folder written by ``pipelines.export``
+(ONNX + JSON: nothing is unpickled).
+
 Inputs are files, folders (searched recursively; hidden files skipped) and
 list files (a ``.txt`` or ``.lst`` argument holds one path per line, relative
 paths taken from the list's folder). Every input gets exactly one row, in
 input order, with ``status`` ``ok`` or ``error`` and the reason. The CSV is
 rewritten atomically (temporary file + rename) as work progresses, so it is
-always a valid CSV; ``--resume`` keeps the rows already there.
+always a valid CSV; ``--resume`` keeps the rows already there. A lock file
+(``<out>.lock``) refuses a second run on the same output; temporary files a
+killed run left behind are removed by the next one.
 
 Exit codes: 0 every input was scored; 1 at least one input has
 ``status=error``; 2 bad usage, unreadable model, or another run holds the
@@ -33,6 +39,7 @@ from tqdm.auto import tqdm
 from xray_features.cnn import MODELS_DIR
 from xray_features.io import read_xray
 
+from .onnx_model import load_onnx_model
 from .persist import ModelFileError, atomic_write_bytes, load_model
 
 __all__ = ["DEFAULT_MODEL", "COLUMNS", "expand_inputs", "score_paths", "main"]
@@ -54,7 +61,7 @@ def expand_inputs(arguments):
                             if not any(part.startswith(".") for part in p.relative_to(path).parts)
                             and (p.is_file() or p.is_symlink()))
         elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
-            for line in path.read_text().splitlines():
+            for line in path.read_text(encoding="utf-8").splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
                     listed = Path(line)
@@ -110,15 +117,15 @@ def _csv_bytes(rows):
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return buffer.getvalue().encode()
+    return buffer.getvalue().encode("utf-8")
 
 
 def _read_done(out):
     try:
-        with open(out, newline="") as handle:
+        with open(out, newline="", encoding="utf-8") as handle:
             return {row["path"]: row for row in csv.DictReader(handle)
                     if row.get("status") in ("ok", "error")}
-    except (OSError, csv.Error, KeyError):
+    except (OSError, csv.Error, KeyError, UnicodeDecodeError):
         return {}
 
 
@@ -140,6 +147,15 @@ def _exclusive_lock(out):
         handle.close()
 
 
+def _remove_stale_temporaries(out):
+    """Delete temporary CSVs a killed run left (only call while holding the lock)."""
+    out = Path(out)
+    prefix = f".{out.name}."
+    for path in out.parent.iterdir() if out.parent.is_dir() else []:
+        if path.name.startswith(prefix) and path.name.endswith(".tmp") and path.is_file():
+            path.unlink(missing_ok=True)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.score", description=__doc__.split("\n\n")[0] + ".",
@@ -147,8 +163,9 @@ def build_parser():
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders, or .txt/.lst files listing paths")
     parser.add_argument("--model", default=None,
-                        help="a saved pipeline (.joblib with its .sha256 sidecar); default: "
-                        "the packaged hog+cnn model")
+                        help="a saved pipeline (.joblib with its .sha256 sidecar) or a folder "
+                        "from pipelines.export (no unpickling); default: the packaged hog+cnn "
+                        "model")
     parser.add_argument("--out", default="scores.csv", help="output CSV (default scores.csv)")
     parser.add_argument("--resume", action="store_true",
                         help="keep rows already in --out and score only the rest")
@@ -163,7 +180,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     model_path = Path(args.model) if args.model else DEFAULT_MODEL
     try:
-        model, metadata = load_model(model_path)
+        if model_path.is_dir():
+            model, metadata = load_onnx_model(model_path)
+        else:
+            model, metadata = load_model(model_path)
     except ModelFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -173,14 +193,16 @@ def main(argv=None):
         return EXIT_USAGE
     try:
         with _exclusive_lock(args.out):
+            _remove_stale_temporaries(args.out)
             rows = _score_all(model, paths, args)
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     failed = sum(row["status"] != "ok" for row in rows)
     print(f"scored {len(rows) - failed} of {len(rows)} inputs with {model_path.name} "
           f"({metadata.get('feature_set')}/{metadata.get('head')}, threshold "
-          f"{metadata.get('threshold'):.3f}); {failed} errors; wrote {args.out}", file=sys.stderr)
+          f"{model.steps[-1][1].threshold_:.3f}); {failed} errors; wrote {args.out}",
+          file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 

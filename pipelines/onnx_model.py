@@ -1,0 +1,230 @@
+"""Load an exported model folder and score with it, without unpickling anything.
+
+An export folder (written by `pipelines.export`) holds:
+
+- ``model.json``: the format tag, the training metadata, the class name and
+  parameters of every preprocessing and feature step, the calibration, the
+  threshold, and the sha256 of every other file in the folder;
+- ``head.onnx``: the fitted head (raw P(pneumonia) in column 1 of its
+  ``probabilities`` output);
+- ``embedder.onnx``: a copy of the CNN embedder, when the feature set uses it.
+
+`load_onnx_model` checks every sha256 first, then rebuilds the steps from a
+whitelist of classes (anything else is refused) and returns an sklearn
+`Pipeline` with the same steps and outputs as the joblib one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.pipeline import FeatureUnion, Pipeline
+
+from xray_features.cnn import OnnxEmbedder
+from xray_features.io import ReadImages
+from xray_features.preprocess import CLAHE, LungCrop, Resize
+from xray_features.texture import HOGFeatures, LBPFeatures
+
+from .persist import ModelFileError, sha256_of
+
+__all__ = ["EXPORT_FORMAT", "MANIFEST", "STEP_CLASSES", "OnnxHead", "platt", "is_export_dir",
+           "load_onnx_model"]
+
+EXPORT_FORMAT = "xray-hybrid-onnx/1"
+MANIFEST = "model.json"
+PLATT_EPS = 1e-6  # the clip of pipelines.decision.PlattCalibrator
+
+# The only classes a model.json may name, per place in the pipeline.
+STEP_CLASSES = {
+    "read": {"ReadImages": ReadImages},
+    "preprocess": {"CLAHE": CLAHE, "LungCrop": LungCrop, "Resize": Resize},
+    "features": {"HOGFeatures": HOGFeatures, "LBPFeatures": LBPFeatures,
+                 "OnnxEmbedder": OnnxEmbedder},
+}
+
+
+def platt(p, coef, intercept, eps=PLATT_EPS):
+    """sigmoid(coef * logit(clip(p)) + intercept), as PlattCalibrator computes it."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    z = coef * np.log(p / (1 - p)) + intercept
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+class OnnxHead(ClassifierMixin, BaseEstimator):
+    """The last pipeline step: head ONNX -> Platt calibration -> ``threshold_``.
+
+    Built by `load_onnx_model`; ``calibration`` is ``None`` or
+    ``{"coef", "intercept"}``.
+    """
+
+    def __init__(self, path, input_dtype, threshold, calibration=None, n_threads=1):
+        self.path = path
+        self.input_dtype = input_dtype
+        self.threshold = threshold
+        self.calibration = calibration
+        self.n_threads = n_threads
+
+    classes_ = np.array([0, 1])
+
+    @property
+    def threshold_(self):
+        return self.threshold
+
+    def __sklearn_is_fitted__(self):
+        return True
+
+    def fit(self, X, y=None):
+        raise NotImplementedError("an exported head is already fitted; refit the joblib model "
+                                  "and export it again")
+
+    def _session(self):
+        if getattr(self, "_sess", None) is None:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = int(self.n_threads)
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            self._sess = ort.InferenceSession(str(self.path), options,
+                                              providers=["CPUExecutionProvider"])
+        return self._sess
+
+    def raw_proba(self, X):
+        """Uncalibrated P(pneumonia) from the head, float64."""
+        session = self._session()
+        X = np.ascontiguousarray(X, dtype=np.dtype(self.input_dtype))
+        out = session.run(["probabilities"], {session.get_inputs()[0].name: X})[0]
+        return np.asarray(out, dtype=np.float64)[:, 1]
+
+    def predict_proba(self, X):
+        p = self.raw_proba(X)
+        if self.calibration is not None:
+            p = platt(p, self.calibration["coef"], self.calibration["intercept"])
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X):
+        return (self.predict_proba(X)[:, 1] >= self.threshold).astype(int)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_sess", None)
+        return state
+
+
+def is_export_dir(path):
+    return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+
+
+def load_onnx_model(folder):
+    """Return ``(pipeline, metadata)`` from an export folder; raises `ModelFileError`."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelFileError(f"{folder}: no {MANIFEST}; not an exported model folder")
+    try:
+        spec = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{manifest_path}: unreadable manifest: {exc}") from None
+    if not isinstance(spec, dict) or spec.get("format") != EXPORT_FORMAT:
+        raise ModelFileError(f"{manifest_path}: not an {EXPORT_FORMAT} manifest")
+    files = _verify_files(folder, spec.get("files"))
+    try:
+        pipeline = _build(folder, spec, files)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{manifest_path}: invalid model description: {exc}") from None
+    _open_head(pipeline.steps[-1][1], spec["head"].get("n_features"))
+    return pipeline, spec.get("metadata", {})
+
+
+def _open_head(head, n_features):
+    """Fail at load time, not per image, when the head cannot run."""
+    try:
+        inputs = head._session().get_inputs()
+    except Exception as exc:
+        raise ModelFileError(f"{head.path}: onnxruntime cannot load it: {exc}") from None
+    width = inputs[0].shape[-1] if len(inputs) == 1 else None
+    if width != n_features:
+        raise ModelFileError(f"{head.path}: input width {width} differs from the manifest's "
+                             f"n_features {n_features}")
+
+
+def _verify_files(folder, files):
+    if not isinstance(files, dict) or not files:
+        raise ModelFileError(f"{folder / MANIFEST}: no file checksums")
+    for name, expected in files.items():
+        path = _inside(folder, name)
+        if not path.is_file():
+            raise ModelFileError(f"{path}: listed in {MANIFEST} but missing")
+        actual = sha256_of(path)
+        if actual != expected:
+            raise ModelFileError(f"{path}: sha256 {actual[:12]}... does not match {MANIFEST} "
+                                 f"({str(expected)[:12]}...); the file was changed or corrupted")
+    return files
+
+
+def _inside(folder, name):
+    """A file named in the manifest: a bare file name inside ``folder``."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise ModelFileError(f"{folder / MANIFEST}: bad file name {name!r} (must be a bare name)")
+    return folder / name
+
+
+def _make(place, step):
+    classes = STEP_CLASSES[place]
+    name = step["class"]
+    if name not in classes:
+        raise ValueError(f"class {name!r} is not allowed in {place} "
+                         f"(allowed: {', '.join(classes)})")
+    cls = classes[name]
+    params = step.get("params", {})
+    allowed = set(cls._get_param_names())
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {name}")
+    for key, value in params.items():
+        if not _is_plain(value):
+            raise ValueError(f"parameter {name}.{key} is not a plain JSON value")
+    return cls(**params)
+
+
+def _is_plain(value):
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_is_plain(v) for v in value)
+    return False
+
+
+def _build(folder, spec, files):
+    steps = spec["pipeline"]
+    read = _make("read", steps["read"])
+    preprocess = Pipeline([(s["name"], _make("preprocess", s)) for s in steps["preprocess"]])
+    extractors = []
+    for step in steps["features"]:
+        extractor = _make("features", step)
+        if isinstance(extractor, OnnxEmbedder):
+            name = extractor.model_path
+            if name not in files:
+                raise ValueError(f"embedder file {name!r} has no sha256 in the manifest")
+            extractor.set_params(model_path=str(_inside(folder, name)),
+                                 expected_sha256=files[name])
+        extractors.append((step["name"], extractor))
+    head = spec["head"]
+    if head["file"] not in files:
+        raise ValueError(f"head file {head['file']!r} has no sha256 in the manifest")
+    if head["input_dtype"] not in ("float32", "float64"):
+        raise ValueError(f"head input_dtype must be float32 or float64, "
+                         f"not {head['input_dtype']!r}")
+    calibration = spec.get("calibration")
+    if calibration is not None:
+        calibration = {"coef": float(calibration["coef"]),
+                       "intercept": float(calibration["intercept"])}
+    classifier = OnnxHead(str(_inside(folder, head["file"])), head["input_dtype"],
+                          float(spec["threshold"]), calibration)
+    return Pipeline([("read", read), ("preprocess", preprocess),
+                     ("features", FeatureUnion(extractors)), ("classifier", classifier)])

@@ -1,0 +1,74 @@
+"""Pipeline assembly and the calibrated, thresholded decision step."""
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+
+from pipelines.assemble import make_pipeline, parse_feature_sets
+from pipelines.decision import DecisionClassifier
+from pipelines.metrics import youden_threshold
+from xray_features.dataset import make_folds
+
+from .conftest import phantom, pneumonia_phantom, write_image
+
+
+def test_parse_feature_sets():
+    assert parse_feature_sets("hog,cnn,cnn+hog, lbp+hog+cnn") == ["hog", "cnn", "hog+cnn",
+                                                                   "hog+lbp+cnn"]
+    with pytest.raises(ValueError, match="sift"):
+        parse_feature_sets("hog+sift")
+
+
+def _toy(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    X = rng.normal(size=(n, 5)) + y[:, None] * 1.2
+    groups = np.arange(n) // 2
+    return X, y, groups
+
+
+def test_out_of_fold_predictions_come_from_models_that_never_saw_them():
+    X, y, groups = _toy()
+    folds = make_folds(y, groups, n_splits=4, seed=0)
+    clf = DecisionClassifier(LogisticRegression(), cv=folds, calibration=None).fit(X, y)
+    for k, (train, test) in enumerate(folds):
+        model = LogisticRegression().fit(X[train], y[train])
+        np.testing.assert_allclose(clf.oof_proba_[test], model.predict_proba(X[test])[:, 1])
+        assert np.all(clf.oof_fold_[test] == k)
+
+
+def test_threshold_is_youden_on_calibrated_oof_and_predict_uses_it():
+    X, y, groups = _toy()
+    folds = make_folds(y, groups, n_splits=4, seed=0)
+    clf = DecisionClassifier(LogisticRegression(), cv=folds).fit(X, y)
+    assert clf.threshold_ == pytest.approx(youden_threshold(y, clf.oof_proba_))
+    p = clf.predict_proba(X)[:, 1]
+    np.testing.assert_array_equal(clf.predict(X), (p >= clf.threshold_).astype(int))
+    np.testing.assert_allclose(clf.predict_proba(X).sum(axis=1), 1.0)
+    # calibration is monotone: it never reorders the head's scores
+    raw = clf.estimator_.predict_proba(X)[:, 1]
+    assert np.all(np.diff(p[np.argsort(raw)]) >= -1e-12)
+
+
+def test_fixed_threshold_rule():
+    X, y, _ = _toy()
+    clf = DecisionClassifier(LogisticRegression(), cv=3, threshold_rule="0.3").fit(X, y)
+    assert clf.threshold_ == 0.3
+
+
+def test_full_pipeline_clones_and_pickles(tmp_path):
+    paths, labels = [], []
+    for i in range(12):
+        paths.append(str(write_image(tmp_path / f"n{i}.png", phantom(96, seed=i))))
+        paths.append(str(write_image(tmp_path / f"p{i}.png", pneumonia_phantom(96, seed=i))))
+        labels += [0, 1]
+    pipeline = make_pipeline("hog+lbp", "logreg", cv=3)
+    twin = clone(pipeline)
+    assert twin.get_params()["classifier__threshold_rule"] == "youden"
+    pipeline.fit(paths, labels)
+    restored = pickle.loads(pickle.dumps(pipeline))
+    np.testing.assert_array_equal(restored.predict_proba(paths), pipeline.predict_proba(paths))
+    assert np.mean(pipeline.predict(paths) == np.array(labels)) > 0.9
