@@ -1,0 +1,139 @@
+"""Generalisation study: what each change does to grouped CV and to site_val.
+
+    python experiments/generalization.py --config all
+    python experiments/generalization.py --config hog+cnn/logreg,cnn/logreg-balanced
+
+Every configuration is fitted on train/ only; its threshold and calibration
+come from out-of-fold predictions; site_val is scored once per configuration
+and each look is appended to experiments/site_val_log.md (never used to fit
+or to choose hyper-parameters inside a configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from pipelines.assemble import extract_features, make_head
+from pipelines.decision import DecisionClassifier
+from pipelines.metrics import binary_metrics
+from pipelines.run import default_cache_dir
+from xray_features import index_dataset, make_folds
+from xray_features.preprocess import CLAHE, LungCrop, Resize
+from xray_features.texture import HOGFeatures
+
+LOG = Path(__file__).resolve().parent / "site_val_log.md"
+
+
+def logreg(C=0.01, class_weight=None):
+    return Pipeline([("scale", StandardScaler()),
+                     ("logreg", LogisticRegression(C=C, max_iter=3000,
+                                                   class_weight=class_weight))])
+
+
+def preprocessor(crop=True, clahe=True, blur_to=None):
+    steps = []
+    if clahe:
+        steps.append(("clahe", CLAHE()))
+    if crop:
+        steps.append(("crop", LungCrop()))
+    steps.append(("resize", Resize(224)))
+    if blur_to:
+        steps.append(("blur", Resize(blur_to)))
+        steps.append(("back", Resize(224)))
+    return Pipeline(steps)
+
+
+# name -> (preprocessor kwargs, extractors, head factory, threshold rule, extractor overrides)
+CONFIGS = {
+    "hog+cnn/logreg": ({}, "hog+cnn", lambda: logreg(), "youden", {}),
+    "hog+cnn/xgb": ({}, "hog+cnn", lambda: make_head("xgb"), "youden", {}),
+    "cnn/logreg": ({}, "cnn", lambda: logreg(), "youden", {}),
+    "cnn/logreg-prior": ({}, "cnn", lambda: logreg(), "prior", {}),
+    "cnn/logreg-balanced": ({}, "cnn", lambda: logreg(class_weight="balanced"), "0.5", {}),
+    "hog+cnn/logreg-balanced": ({}, "hog+cnn", lambda: logreg(class_weight="balanced"), "0.5", {}),
+    "cnn-pca64/logreg": ({}, "cnn", lambda: Pipeline([
+        ("scale", StandardScaler()), ("pca", PCA(64, random_state=0)),
+        ("logreg", LogisticRegression(C=0.1, max_iter=3000))]), "youden", {}),
+    "cnn/logreg-nocrop": ({"crop": False}, "cnn", lambda: logreg(), "youden", {}),
+    "hog+cnn/logreg-nocrop": ({"crop": False}, "hog+cnn", lambda: logreg(), "youden", {}),
+    "cnn/logreg-raw": ({"crop": False, "clahe": False}, "cnn", lambda: logreg(), "youden", {}),
+    "hog+cnn/logreg-raw": ({"crop": False, "clahe": False}, "hog+cnn", lambda: logreg(),
+                           "youden", {}),
+    "cnn/logreg-noclahe": ({"clahe": False}, "cnn", lambda: logreg(), "youden", {}),
+    "cnn/logreg-blur112": ({"blur_to": 112}, "cnn", lambda: logreg(), "youden", {}),
+    "hog+cnn/logreg-coarsehog": ({}, "hog+cnn", lambda: logreg(), "youden",
+                                 {"hog": HOGFeatures(image_size=64, pixels_per_cell=16)}),
+}
+
+
+def run_config(name, train, site, folds, cache_dir, progress):
+    pre_kwargs, feature_set, head, rule, overrides = CONFIGS[name]
+    names = feature_set.split("+")
+    pre = preprocessor(**pre_kwargs)
+    f_train = extract_features(train.paths, names, cache_dir, preprocessor=pre,
+                               extractors=overrides, progress=progress)
+    f_site = extract_features(site.paths, names, cache_dir, preprocessor=pre,
+                              extractors=overrides, progress=progress)
+    X = np.hstack([f_train[n] for n in names])
+    Xs = np.hstack([f_site[n] for n in names])
+    y = train.labels
+    threshold_rule = f"{y.mean():.6f}" if rule == "prior" else rule
+    clf = DecisionClassifier(head(), cv=folds, threshold_rule=threshold_rule).fit(X, y)
+    cv = binary_metrics(y, clf.oof_proba_, clf.threshold_)
+    site_p = clf.predict_proba(Xs)[:, 1]
+    sv = binary_metrics(site.labels, site_p, clf.threshold_)
+    return cv, sv
+
+
+def log_row(name, cv, sv):
+    new = not LOG.exists()
+    with open(LOG, "a") as handle:
+        if new:
+            handle.write("# Every configuration evaluated on site_val\n\n"
+                         "Appended by `python experiments/generalization.py`; one row per look.\n\n"
+                         "| when (UTC) | config | CV AUC | CV acc | CV sens | CV spec | threshold "
+                         "| site AUC | site acc | site sens | site spec |\n"
+                         "|---|---|---|---|---|---|---|---|---|---|---|\n")
+        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        handle.write(f"| {when} | {name} | {cv['auc']:.4f} | {cv['accuracy']:.3f} | "
+                     f"{cv['sensitivity']:.3f} | {cv['specificity']:.3f} | {cv['threshold']:.3f} | "
+                     f"{sv['auc']:.4f} | {sv['accuracy']:.3f} | {sv['sensitivity']:.3f} | "
+                     f"{sv['specificity']:.3f} |\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=os.environ.get("XRAY_DATA", "../shared/data/kermany"))
+    parser.add_argument("--config", default="all",
+                        help="comma-separated names, or 'all': " + ", ".join(CONFIGS))
+    parser.add_argument("--cache-dir", default=default_cache_dir())
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    names = list(CONFIGS) if args.config == "all" else args.config.split(",")
+    index = index_dataset(args.data)
+    train, site = index.subset("train"), index.subset("site_val")
+    folds = make_folds(train.labels, train.groups, n_splits=5, seed=0)
+    for name in names:
+        cv, sv = run_config(name, train, site, folds, args.cache_dir, not args.quiet)
+        log_row(name, cv, sv)
+        print(json.dumps({"config": name, "cv": {k: round(cv[k], 4) for k in
+                                                  ("auc", "accuracy", "sensitivity", "specificity")},
+                          "site_val": {k: round(sv[k], 4) for k in
+                                       ("auc", "accuracy", "sensitivity", "specificity")},
+                          "threshold": round(cv["threshold"], 4)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
