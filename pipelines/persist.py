@@ -46,11 +46,18 @@ def sha256_of(path, chunk_size=1 << 20):
     return digest.hexdigest()
 
 
+def _umask_mode(mode=0o666):
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; give the usual file mode
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -69,6 +76,7 @@ def save_model(model, path, metadata):
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
+    os.chmod(tmp, _umask_mode())
     try:
         joblib.dump({"metadata": metadata, "model": model}, tmp, compress=3)
         digest = sha256_of(tmp)

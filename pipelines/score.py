@@ -172,6 +172,9 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--checkpoint-seconds", type=float, default=5.0,
                         help="rewrite the CSV at most this often while scoring")
+    parser.add_argument("--dask", metavar="ADDRESS|local", default=None,
+                        help="score on a Dask cluster: 'local' (on this machine) or a scheduler "
+                        "address like tcp://host:8786; needs pip install 'xray-hybrid[dask]'")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -187,6 +190,9 @@ def main(argv=None):
     except ModelFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.dask and model_path.is_dir():
+        print("error: --dask needs a .joblib model", file=sys.stderr)
+        return EXIT_USAGE
     paths = expand_inputs(args.inputs)
     if not paths:
         print("error: no input files found", file=sys.stderr)
@@ -194,7 +200,11 @@ def main(argv=None):
     try:
         with _exclusive_lock(args.out):
             _remove_stale_temporaries(args.out)
-            rows = _score_all(model, paths, args)
+            rows = (_score_all_dask(model_path, paths, args) if args.dask
+                    else _score_all(model, paths, args))
+    except ImportError as exc:  # the dask extra is missing: the message names it
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -204,6 +214,20 @@ def main(argv=None):
           f"{model.steps[-1][1].threshold_:.3f}); {failed} errors; wrote {args.out}",
           file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _score_all_dask(model_path, paths, args):
+    from .dask_scoring import score_on_dask
+
+    done = _read_done(args.out) if args.resume else {}
+    rows = [done.get(path) for path in paths]
+    todo = [i for i, row in enumerate(rows) if row is None]
+    scored = score_on_dask(model_path, [paths[i] for i in todo], scheduler=args.dask,
+                           batch_size=args.batch_size)
+    for i, row in zip(todo, scored):
+        rows[i] = row
+    atomic_write_bytes(args.out, _csv_bytes(rows))
+    return rows
 
 
 def _score_all(model, paths, args):

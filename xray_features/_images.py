@@ -48,7 +48,12 @@ def as_images(X):
 
 def to_uint8(image):
     """[0, 1] float -> uint8, clipping anything outside."""
-    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    scaled = np.clip(image, 0.0, 1.0)
+    if scaled.dtype.kind != "f":
+        return (scaled * 255.0 + 0.5).astype(np.uint8)
+    scaled *= 255.0  # in place: the same arithmetic, without two temporaries
+    scaled += 0.5
+    return scaled.astype(np.uint8)
 
 
 def resize_to(image, height, width):

@@ -47,7 +47,7 @@ class XrayReadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def read_xray(path, *, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE):
+def read_xray(path, *, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE, max_side=None):
     """Read an image file as a 2-D float32 array in [0, 1].
 
     Parameters
@@ -58,6 +58,14 @@ def read_xray(path, *, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE)
         Refuse images with more pixels than this, before decoding them.
     min_side : int
         Refuse images whose height or width is below this.
+    max_side : int, optional
+        Speed option for large JPEGs (None, the default, reads full size).
+        When set, a JPEG is decoded at 1/2, 1/4 or 1/8 scale by the JPEG
+        decoder itself (DCT scaling), the smallest scale whose longest side
+        is still at least ``max_side``; it is not resized otherwise, so the
+        result may be larger than ``max_side``. Pixels differ slightly from a
+        full-size read followed by a resize. The size checks use the full
+        size. PNG and DICOM are always read at full size.
 
     Raises
     ------
@@ -78,6 +86,9 @@ def read_xray(path, *, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE)
     _check_size(path, width, height, max_pixels, min_side)
     if kind == "jpeg":
         _check_jpeg_complete(path, data)
+        reduction = _jpeg_reduction(width, height, max_side)
+        if reduction > 1:
+            return _decode_reduced_jpeg(path, data, reduction)
     return _decode_raster(path, data)
 
 
@@ -165,9 +176,43 @@ def _check_jpeg_complete(path, data):
         raise XrayReadError(path, "truncated JPEG: the image data ends early")
 
 
+_REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                  8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _jpeg_reduction(width, height, max_side):
+    """The largest of 8, 4, 2 keeping the longest side >= max_side, else 1."""
+    if max_side is None:
+        return 1
+    longest = max(width, height)
+    for factor in (8, 4, 2):
+        if -(-longest // factor) >= int(max_side):
+            return factor
+    return 1
+
+
+def _decode_reduced_jpeg(path, data, factor):
+    # Colour decode (a grey JPEG comes back as three equal channels) and the
+    # same BT.601 conversion as `_decode_raster`; EXIF orientation is ignored
+    # there too (IMREAD_UNCHANGED), so it is ignored here.
+    flags = _REDUCED_COLOR[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error as exc:
+        raise XrayReadError(path, f"corrupt image: {str(exc).strip().splitlines()[-1]}") from None
+    if image is None:
+        raise XrayReadError(path, "corrupt image: the decoder rejected it")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return np.ascontiguousarray(image, dtype=np.float32) / np.float32(255.0)
+
+
 def _decode_raster(path, data):
     buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise XrayReadError(path, f"corrupt image: {str(exc).strip().splitlines()[-1]}") from None
     if image is None:
         raise XrayReadError(path, "corrupt image: the decoder rejected it")
     if image.ndim == 3:
@@ -192,7 +237,6 @@ def _decode_raster(path, data):
 def _read_dicom(path, data, max_pixels, min_side):
     try:
         import pydicom
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pragma: no cover - pydicom is a core dependency
         raise XrayReadError(path, "DICOM support needs pydicom") from None
     from io import BytesIO
@@ -201,6 +245,17 @@ def _read_dicom(path, data, max_pixels, min_side):
         dataset = pydicom.dcmread(BytesIO(data))
     except Exception as exc:
         raise XrayReadError(path, f"corrupt DICOM: {exc}") from None
+    try:
+        return _dicom_pixels(path, dataset, max_pixels, min_side)
+    except XrayReadError:
+        raise
+    except Exception as exc:  # pydicom raises many types on corrupt elements
+        raise XrayReadError(path, f"corrupt DICOM: {type(exc).__name__}: {exc}") from None
+
+
+def _dicom_pixels(path, dataset, max_pixels, min_side):
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     if "PixelData" not in dataset:
         raise XrayReadError(path, "DICOM has no pixel data")
     rows, cols = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
@@ -220,6 +275,8 @@ def _read_dicom(path, data, max_pixels, min_side):
     if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
         values = apply_voi_lut(values, dataset, prefer_lut=True)
     values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise XrayReadError(path, "corrupt DICOM: pixel values are not finite after rescaling")
     low, high = float(values.min()), float(values.max())
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
     if photometric == "MONOCHROME1":
@@ -230,19 +287,26 @@ def _read_dicom(path, data, max_pixels, min_side):
 class ReadImages(TransformerMixin, BaseEstimator):
     """Pipeline step: a sequence of file paths -> a list of 2-D float32 images.
 
-    Stateless; see `read_xray` for the output convention and the errors.
+    Stateless; see `read_xray` for the output convention, the errors and
+    ``max_side`` (reduced JPEG decoding, off by default).
     """
 
-    def __init__(self, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE):
+    def __init__(self, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE, max_side=None):
         self.max_pixels = max_pixels
         self.min_side = min_side
+        self.max_side = max_side
+
+    def __setstate__(self, state):
+        state.setdefault("max_side", None)  # models saved before max_side existed
+        super().__setstate__(state)
 
     def fit(self, X, y=None):
         return self
 
     def transform(self, X):
         return [
-            read_xray(os.fspath(path), max_pixels=self.max_pixels, min_side=self.min_side)
+            read_xray(os.fspath(path), max_pixels=self.max_pixels, min_side=self.min_side,
+                      max_side=self.max_side)
             for path in X
         ]
 

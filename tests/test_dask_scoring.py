@@ -1,0 +1,103 @@
+"""Dask scoring gives exactly the rows of local scoring (needs the dask extra)."""
+
+import builtins
+import shutil
+
+import numpy as np
+import pytest
+
+from pipelines.assemble import make_pipeline
+from pipelines.persist import ModelFileError, save_model
+from pipelines.score import score_paths
+
+from .conftest import phantom, pneumonia_phantom, write_image
+
+distributed = pytest.importorskip("distributed")
+
+from pipelines.dask_scoring import (  # noqa: E402
+    INSTALL_HINT, DaskUnavailableError, _require_distributed, score_on_dask)
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dask_model")
+    paths, labels = [], []
+    for i in range(15):
+        paths.append(str(write_image(root / f"n{i}.png", phantom(64, seed=i))))
+        paths.append(str(write_image(root / f"p{i}.png", pneumonia_phantom(64, seed=i))))
+        labels += [0, 1]
+    model = make_pipeline("hog", "logreg", cv=3).fit(paths, np.array(labels))
+    path = root / "hog-logreg.joblib"
+    save_model(model, path, {"feature_set": "hog", "head": "logreg",
+                             "threshold": float(model.steps[-1][1].threshold_)})
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dask_inputs")
+    paths = []
+    for i in range(198):
+        make = pneumonia_phantom if i % 2 else phantom
+        paths.append(str(write_image(root / f"img{i:03d}.png", make(48, seed=1000 + i))))
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.png").write_text("not an image")
+    paths.insert(37, str(root / "empty.png"))
+    paths.insert(150, str(root / "text.png"))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  protocol="tcp", host="127.0.0.1",
+                                  dashboard_address=None) as local:
+        yield local
+
+
+def test_rows_identical_to_local_scoring(saved_model, inputs, cluster):
+    path, model = saved_model
+    local = []
+    for start in range(0, len(inputs), 64):
+        local += score_paths(model, inputs[start:start + 64])
+    rows = score_on_dask(path, inputs, scheduler=cluster.scheduler_address, batch_size=64)
+    assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+    assert rows == local
+    assert [row["path"] for row in rows] == inputs
+    assert sum(row["status"] == "error" for row in rows) == 2
+    assert rows[37]["status"] == rows[150]["status"] == "error"
+    # batching does not change the rows
+    assert score_on_dask(path, inputs[:70], scheduler=cluster.scheduler_address,
+                         batch_size=16) == local[:70]
+
+
+def test_workers_refuse_a_tampered_model(saved_model, inputs, cluster, tmp_path):
+    path, _ = saved_model
+    copy = tmp_path / path.name
+    shutil.copy(path, copy)
+    shutil.copy(str(path) + ".sha256", str(copy) + ".sha256")
+    with open(copy, "ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(ModelFileError, match="sidecar"):
+        score_on_dask(copy, inputs[:3], scheduler=cluster.scheduler_address)
+
+
+def test_bad_scheduler_and_empty_input(saved_model):
+    path, _ = saved_model
+    assert score_on_dask(path, [], scheduler="nowhere") == []
+    with pytest.raises(ValueError, match="scheduler"):
+        score_on_dask(path, ["a.png"], scheduler="nowhere")
+
+
+def test_clear_message_without_distributed(monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "distributed" or name.startswith("distributed."):
+            raise ImportError("No module named 'distributed'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(DaskUnavailableError, match=r"xray-hybrid\[dask\]") as info:
+        _require_distributed()
+    assert INSTALL_HINT in str(info.value)
