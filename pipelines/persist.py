@@ -7,13 +7,14 @@ libraries that shape the model.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import joblib
+
+from xray_features.hashing import file_sha256
 
 __all__ = ["ModelFileError", "save_model", "load_model", "package_versions", "sha256_of",
            "atomic_write_bytes"]
@@ -38,12 +39,7 @@ def package_versions():
     return versions
 
 
-def sha256_of(path, chunk_size=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_of = file_sha256
 
 
 def _umask_mode(mode=0o666):

@@ -28,7 +28,6 @@ import argparse
 import csv
 import fcntl
 import io
-import os
 import sys
 import time
 from contextlib import contextmanager

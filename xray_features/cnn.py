@@ -12,7 +12,6 @@ dropped when pickling and reopened on first use after loading.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import onnxruntime as ort
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ._images import ImageTransformerMixin, as_images
+from .hashing import file_sha256
 
 __all__ = [
     "MODELS_DIR", "PACKAGED_SHA256", "ModelIntegrityError", "file_sha256",
@@ -43,15 +43,6 @@ PACKAGED_SHA256 = {
 
 class ModelIntegrityError(RuntimeError):
     """An ONNX file's sha256 differs from the expected one."""
-
-
-def file_sha256(path, chunk_size=1 << 20):
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def prepare_batch(images, size, channels):

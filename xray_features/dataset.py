@@ -11,7 +11,6 @@ with LABEL in {NORMAL, PNEUMONIA}. Patient ids follow the data README:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections import defaultdict
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
+
+from .hashing import file_sha256
 
 __all__ = [
     "LABELS", "IMAGE_SUFFIXES", "ImageRecord", "DatasetIndex", "index_dataset",
@@ -169,14 +170,6 @@ def _image_files(folder):
         p for p in folder.rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
     )
-
-
-def file_sha256(path, chunk_size=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def find_duplicates(paths):
