@@ -8,6 +8,7 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from xray_features import CLAHE, CachedExtractor, HOGFeatures, LBPFeatures, LungCrop, Resize
+from xray_features.cnn import OnnxEmbedder
 
 from .conftest import phantom
 
@@ -30,7 +31,8 @@ EXPECTED_FAILURES = {
 
 
 ESTIMATORS = [CLAHE(), LungCrop(), Resize(size=16), HOGFeatures(image_size=32),
-              LBPFeatures(image_size=32, grid=2), CachedExtractor(HOGFeatures(image_size=32))]
+              LBPFeatures(image_size=32, grid=2), CachedExtractor(HOGFeatures(image_size=32)),
+              OnnxEmbedder(batch_size=16)]
 
 
 def _expected(estimator):

@@ -12,6 +12,7 @@ dropped when pickling and reopened on first use after loading.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -55,8 +56,31 @@ def prepare_batch(images, size, channels):
     return batch
 
 
+@functools.lru_cache(maxsize=16)
+def _open_session(path, mtime_ns, size, expected_sha256, n_threads):
+    """Check the file's sha256, then open an onnxruntime session.
+
+    Sessions live in this process-wide cache, never on an estimator, so
+    estimators stay plain parameters: they clone and pickle without a session,
+    and a changed file (new mtime or size) is checked and opened again.
+    """
+    if expected_sha256 is not None:
+        actual = file_sha256(path)
+        if actual != expected_sha256:
+            raise ModelIntegrityError(
+                f"{path}: sha256 is {actual}, expected {expected_sha256}. The file is corrupt "
+                "or was replaced; re-export it (see models/MODEL_CARD.md) or pass the "
+                "right expected_sha256."
+            )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = n_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
 class _OnnxModelMixin:
-    """Lazy, integrity-checked, pickle-safe onnxruntime session.
+    """Lazy, integrity-checked onnxruntime session, shared per process.
 
     Expects the params ``model_path``, ``expected_sha256``, ``n_threads`` and
     ``batch_size``, and a class attribute ``_default_model`` (file name in
@@ -80,29 +104,13 @@ class _OnnxModelMixin:
         return None  # a user's own model with no hash given: not checked
 
     def _get_session(self):
-        """Open (or reuse) the session for the current params."""
+        """The process-wide session for the current params (see `_open_session`)."""
         path = self._resolved_path()
-        key = (str(path), self.expected_sha256, self.n_threads)
-        if getattr(self, "_session", None) is not None and self._session_key == key:
-            return self._session
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {path}")
-        expected = self._expected_hash(path)
-        if expected is not None:
-            actual = file_sha256(path)
-            if actual != expected:
-                raise ModelIntegrityError(
-                    f"{path}: sha256 is {actual}, expected {expected}. The file is corrupt "
-                    "or was replaced; re-export it (see models/MODEL_CARD.md) or pass the "
-                    "right expected_sha256."
-                )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(self.n_threads)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self._session_key = key
-        return self._session
+        stat = path.stat()
+        return _open_session(str(path.resolve()), stat.st_mtime_ns, stat.st_size,
+                             self._expected_hash(path), int(self.n_threads))
 
     def _input_geometry(self, session, image_size):
         """(channels, size) of the ``image`` input; ``image_size`` overrides a dynamic size."""
@@ -130,11 +138,6 @@ class _OnnxModelMixin:
             outputs.append(session.run([output_name], {input_name: batch})[0])
         return np.concatenate(outputs, axis=0)
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_session", None)
-        state.pop("_session_key", None)
-        return state
 
 
 class OnnxEmbedder(_OnnxModelMixin, ImageTransformerMixin):
