@@ -101,3 +101,15 @@ def test_clear_message_without_distributed(monkeypatch):
     with pytest.raises(DaskUnavailableError, match=r"xray-hybrid\[dask\]") as info:
         _require_distributed()
     assert INSTALL_HINT in str(info.value)
+
+
+def test_score_cli_dask_flag_writes_the_same_csv(saved_model, inputs, cluster, tmp_path):
+    from pipelines import score
+
+    path, _ = saved_model
+    local_csv, dask_csv = tmp_path / "local.csv", tmp_path / "dask.csv"
+    subset = inputs[:40]
+    assert score.main(subset + ["--model", str(path), "--out", str(local_csv), "--quiet"]) == 1
+    assert score.main(subset + ["--model", str(path), "--out", str(dask_csv), "--quiet",
+                                "--dask", cluster.scheduler_address]) == 1
+    assert dask_csv.read_text() == local_csv.read_text()
