@@ -305,6 +305,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--limit", type=int, default=None,
                         help="smoke test: only this many random train images and 40 site_val")
+    parser.add_argument("--reuse-folds", action="store_true",
+                        help="score existing fold*.onnx in --out instead of retraining them "
+                        "(to finish an interrupted run)")
     parser.add_argument("--no-final", dest="final", action="store_false",
                         help="skip the final model on all of train/ (and site_val scoring)")
     args = parser.parse_args(argv)
@@ -336,8 +339,11 @@ def main(argv=None):
     for k, (tr, te) in enumerate(folds):
         assert not set(groups[tr]) & set(groups[te]), "patient leak across folds"
         log.info("fold %d: train %d, test %d", k, len(tr), len(te))
-        model = train(args.arch, x01[tr], y[tr], args, seed=args.seed * 100 + k)
-        export(model, args.out / f"fold{k}.onnx", args.size)
+        if args.reuse_folds and (args.out / f"fold{k}.onnx").is_file():
+            log.info("fold %d: reusing %s", k, args.out / f"fold{k}.onnx")
+        else:
+            model = train(args.arch, x01[tr], y[tr], args, seed=args.seed * 100 + k)
+            export(model, args.out / f"fold{k}.onnx", args.size)
         oof[te] = predict(args.out / f"fold{k}.onnx", train_images[te])
         fold_of[te] = k
         log.info("fold %d AUC %.4f", k, roc_auc_score(y[te], oof[te]))
