@@ -164,27 +164,32 @@ def main(argv=None):
     specs = [(f"{fs}/{head}", fs, head) for fs in feature_sets for head in heads]
     specs.append((PROBE, "cnn", "logreg"))
     models, curves_cv, curves_eval, per_fold = {}, {}, {}, []
-    fold_of = np.empty(len(y), int)
-    for k, (_, test) in enumerate(folds):
-        fold_of[test] = k
+
+    def record(name, info, p_oof, p_eval, threshold):
+        """Score one model's out-of-fold and evaluation predictions into the report."""
+        result = {**info, "cv": evaluate(y, p_oof, groups, threshold, args.n_boot, args.seed),
+                  "cv_at_0.5": binary_metrics(y, p_oof, 0.5)}
+        curves_cv[name] = p_oof
+        per_fold.append({"model": name, "auc": [auc(y[t], p_oof[t]) for _, t in folds]})
+        if p_eval is not None:
+            curves_eval[name] = p_eval
+            result["eval"] = evaluate(eval_index.labels, p_eval, eval_index.groups, threshold,
+                                      args.n_boot, args.seed)
+            result["eval_at_0.5"] = binary_metrics(eval_index.labels, p_eval, 0.5)
+        models[name] = result
+        return result
+
     for name, fs, head in specs:
         log(f"fitting {name} ({args.cv}-fold CV + final fit)")
         X = np.hstack([features[e] for e in fs.split("+")])
         clf = DecisionClassifier(make_head(head, args.seed, args.n_jobs), cv=folds,
                                  threshold_rule=args.threshold_rule).fit(X, y)
-        result = {"features": fs, "head": head,
-                  "cv": evaluate(y, clf.oof_proba_, groups, clf.threshold_, args.n_boot, args.seed),
-                  "cv_at_0.5": binary_metrics(y, clf.oof_proba_, 0.5)}
-        curves_cv[name] = clf.oof_proba_
-        per_fold.append({"model": name, "auc": [auc(y[t], clf.oof_proba_[t]) for _, t in folds]})
+        p_eval = None
         if eval_index is not None:
             Xe = np.hstack([eval_features[e] for e in fs.split("+")])
             p_eval = clf.predict_proba(Xe)[:, 1]
-            curves_eval[name] = p_eval
-            result["eval"] = evaluate(eval_index.labels, p_eval, eval_index.groups,
-                                      clf.threshold_, args.n_boot, args.seed)
-            result["eval_at_0.5"] = binary_metrics(eval_index.labels, p_eval, 0.5)
-        models[name] = result
+        result = record(name, {"features": fs, "head": head}, clf.oof_proba_, p_eval,
+                        clf.threshold_)
         if not args.no_save and not name.startswith("baseline/"):
             pipeline = _final_pipeline(fs, clf, preprocessor, args.n_jobs)
             metadata = {"feature_set": fs, "head": head, "threshold": clf.threshold_,
@@ -197,20 +202,8 @@ def main(argv=None):
 
     for base in finetuned_baselines(train, folds, eval_index):
         log(f"baseline {base['name']} (fine-tuned CNN, out-of-fold predictions)")
-        p = base["oof"]
-        models[base["name"]] = {
-            "features": "cnn-finetuned", "head": base["name"].split("/", 1)[1],
-            "cv": evaluate(y, p, groups, base["threshold"], args.n_boot, args.seed),
-            "cv_at_0.5": binary_metrics(y, p, 0.5)}
-        curves_cv[base["name"]] = p
-        per_fold.append({"model": base["name"], "auc": [auc(y[t], p[t]) for _, t in folds]})
-        if base.get("eval") is not None:
-            curves_eval[base["name"]] = base["eval"]
-            models[base["name"]]["eval"] = evaluate(eval_index.labels, base["eval"],
-                                                    eval_index.groups, base["threshold"],
-                                                    args.n_boot, args.seed)
-            models[base["name"]]["eval_at_0.5"] = binary_metrics(eval_index.labels,
-                                                                 base["eval"], 0.5)
+        record(base["name"], {"features": "cnn-finetuned", "head": base["name"].split("/", 1)[1]},
+               base["oof"], base.get("eval"), base["threshold"])
 
     comparisons = {}
     for name in models:

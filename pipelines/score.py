@@ -218,9 +218,7 @@ def main(argv=None):
 def _score_all_dask(model_path, paths, args):
     from .dask_scoring import score_on_dask
 
-    done = _read_done(args.out) if args.resume else {}
-    rows = [done.get(path) for path in paths]
-    todo = [i for i, row in enumerate(rows) if row is None]
+    rows, todo = _pending(paths, args)
     scored = score_on_dask(model_path, [paths[i] for i in todo], scheduler=args.dask,
                            batch_size=args.batch_size)
     for i, row in zip(todo, scored):
@@ -229,10 +227,15 @@ def _score_all_dask(model_path, paths, args):
     return rows
 
 
-def _score_all(model, paths, args):
+def _pending(paths, args):
+    """Rows kept from ``--out`` under ``--resume`` (None elsewhere), and the indices to score."""
     done = _read_done(args.out) if args.resume else {}
     rows = [done.get(path) for path in paths]
-    todo = [i for i, row in enumerate(rows) if row is None]
+    return rows, [i for i, row in enumerate(rows) if row is None]
+
+
+def _score_all(model, paths, args):
+    rows, todo = _pending(paths, args)
     bar = tqdm(total=len(paths), initial=len(paths) - len(todo), unit="img", desc="scoring",
                disable=args.quiet, file=sys.stderr)
     last_write = time.monotonic()
