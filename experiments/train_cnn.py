@@ -41,6 +41,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from pipelines.metrics import binary_metrics  # noqa: E402
 from xray_features.cnn import OnnxCNNClassifier, prepare_batch  # noqa: E402
 from xray_features.dataset import index_dataset, make_folds  # noqa: E402
 from xray_features.io import read_xray  # noqa: E402
@@ -258,14 +259,8 @@ def write_predictions(path, rel_paths, y, fold, proba):
 # --- metrics --------------------------------------------------------------
 
 def scores(y, p, threshold):
-    pred = p >= threshold
-    return {
-        "auc": float(roc_auc_score(y, p)),
-        "accuracy": float(np.mean(pred == y)),
-        "sensitivity": float(np.mean(pred[y == 1])),
-        "specificity": float(np.mean(~pred[y == 0])),
-        "threshold": float(threshold),
-    }
+    metrics = binary_metrics(y, p, threshold)
+    return {k: metrics[k] for k in ("auc", "accuracy", "sensitivity", "specificity", "threshold")}
 
 
 def youden_threshold(y, p):
