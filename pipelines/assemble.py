@@ -11,7 +11,8 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from xray_features import CachedExtractor, HOGFeatures, LBPFeatures, ReadImages
+from xray_features import CachedExtractor, HOGFeatures, LBPFeatures, ReadImages, __version__
+from xray_features.cache import FileFeatureCache
 from xray_features.cnn import OnnxEmbedder
 from xray_features.preprocess import default_preprocessor
 
@@ -60,8 +61,8 @@ def make_head(name, random_state=0, n_jobs=None):
         from xgboost import XGBClassifier
 
         return XGBClassifier(
-            n_estimators=200, max_depth=3, learning_rate=0.1, subsample=0.8,
-            colsample_bytree=0.2, tree_method="hist", max_bin=32, n_jobs=n_jobs or 1,
+            n_estimators=100, max_depth=3, learning_rate=0.2, subsample=0.8,
+            colsample_bytree=0.2, tree_method="hist", max_bin=16, n_jobs=n_jobs or 1,
             random_state=random_state, eval_metric="logloss",
         )
     raise ValueError(f"unknown head {name!r}: choose from {', '.join(HEADS)}")
@@ -81,8 +82,8 @@ def make_pipeline(feature_set, head, cv=5, random_state=0, cache_dir=None, n_job
         ("read", ReadImages()),
         ("preprocess", default_preprocessor(crop=lung_crop)),
         ("features", make_feature_union(feature_set, cache_dir, n_jobs)),
-        ("classifier", DecisionClassifier(make_head(head, random_state, n_jobs), cv=cv,
-                                          threshold_rule=threshold_rule)),
+        ("classifier", DecisionClassifier(make_head(head, random_state), cv=cv,
+                                          threshold_rule=threshold_rule, n_jobs=n_jobs)),
     ])
 
 
@@ -92,25 +93,38 @@ def extract_features(paths, extractor_names, cache_dir=None, batch_size=128, n_j
 
     Returns ``{name: float32 array (n, n_features)}``. The extractors are the
     same objects `make_pipeline` uses, so the features match it exactly.
-    ``preprocessor`` and ``extractors`` (``{name: extractor}``) override the
-    defaults, for studies.
+    With ``cache_dir``, rows are looked up first by file content and
+    preprocessing (`FileFeatureCache`), so a warm run neither decodes nor
+    preprocesses. ``preprocessor`` and ``extractors`` (``{name: extractor}``)
+    override the defaults, for studies.
     """
     reader = ReadImages()
     preprocess = preprocessor if preprocessor is not None else default_preprocessor()
     extractors = extractors or {}
-    extractors = {name: CachedExtractor(extractors.get(name) or make_extractor(name, n_jobs),
-                                        cache_dir)
+    extractors = {name: extractors.get(name) or make_extractor(name, n_jobs)
                   for name in extractor_names}
-    parts = {name: [] for name in extractor_names}
     paths = list(paths)
-    bar = tqdm(total=len(paths), desc="features", unit="img", disable=not progress)
-    for start in range(0, len(paths), batch_size):
-        images = preprocess.transform(reader.transform(paths[start:start + batch_size]))
-        for name, extractor in extractors.items():
-            parts[name].append(extractor.transform(images))
-        bar.update(len(images))
+    if cache_dir is None:
+        keys, rows = [None] * len(paths), {name: [None] * len(paths) for name in extractors}
+    else:
+        files = FileFeatureCache(cache_dir, preprocess, extractors, __version__)
+        keys = files.file_keys(paths)
+        rows = files.rows(keys)
+    todo = [i for i in range(len(paths)) if any(rows[name][i] is None for name in extractors)]
+    cached = {name: CachedExtractor(extractor, cache_dir) for name, extractor in extractors.items()}
+    bar = tqdm(total=len(todo), desc="features", unit="img", disable=not progress or not todo)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        images = preprocess.transform(reader.transform([paths[i] for i in batch]))
+        for name, extractor in cached.items():
+            computed = extractor.transform(images)
+            for i, row in zip(batch, computed):
+                rows[name][i] = row
+            if cache_dir is not None:
+                files.store(name, [keys[i] for i in batch], computed)
+        bar.update(len(batch))
     bar.close()
-    return {name: np.vstack(chunks) for name, chunks in parts.items()}
+    return {name: np.vstack(parts).astype(np.float32, copy=False) for name, parts in rows.items()}
 
 
 def extract_preprocessed(paths, preprocessor=None):

@@ -4,10 +4,12 @@ from out-of-fold training predictions only."""
 from __future__ import annotations
 
 import numpy as np
+from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import check_cv
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from .metrics import choose_threshold
 
@@ -50,6 +52,9 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
     threshold_rule : str
         ``"youden"`` (max sensitivity + specificity - 1), ``"0.5"``, or
         ``"sensitivity:0.95"`` (highest threshold reaching that sensitivity).
+    n_jobs : int or None
+        Threads for the fold fits and the final fit, which are independent
+        (BLAS is held to one thread each meanwhile); None or 1: one at a time.
 
     Attributes
     ----------
@@ -60,20 +65,25 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
     threshold_ : float
     """
 
-    def __init__(self, estimator, cv=5, calibration="sigmoid", threshold_rule="youden"):
+    def __init__(self, estimator, cv=5, calibration="sigmoid", threshold_rule="youden",
+                 n_jobs=None):
         self.estimator = estimator
         self.cv = cv
         self.calibration = calibration
         self.threshold_rule = threshold_rule
+        self.n_jobs = n_jobs
 
     def fit(self, X, y):
         y = np.asarray(y)
         self.classes_ = np.array([0, 1])
         splits = list(check_cv(self.cv, y, classifier=True).split(X, y))
+        jobs = [(train, test) for train, test in splits] + [(np.arange(len(y)), None)]
+        with threadpool_limits(1 if (self.n_jobs or 1) != 1 else None):
+            fitted = Parallel(n_jobs=self.n_jobs, backend="threading")(
+                delayed(_fit_one)(self.estimator, X, y, train) for train, _ in jobs)
         raw = np.full(len(y), np.nan)
         fold = np.full(len(y), -1)
-        for k, (train, test) in enumerate(splits):
-            model = clone(self.estimator).fit(_take(X, train), y[train])
+        for k, (model, (_, test)) in enumerate(zip(fitted[:-1], jobs[:-1])):
             raw[test] = model.predict_proba(_take(X, test))[:, 1]
             fold[test] = k
         if np.isnan(raw).any():
@@ -83,7 +93,7 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
         self.calibrator_ = self._fit_calibrator(raw, y)
         self.oof_proba_ = self._calibrate(raw)
         self.threshold_ = choose_threshold(y, self.oof_proba_, self.threshold_rule)
-        self.estimator_ = clone(self.estimator).fit(X, y)
+        self.estimator_ = fitted[-1]
         return self
 
     def _fit_calibrator(self, raw, y):
@@ -103,6 +113,10 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
+
+
+def _fit_one(estimator, X, y, index):
+    return clone(estimator).fit(_take(X, index), y[index])
 
 
 def _take(X, index):

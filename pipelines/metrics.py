@@ -89,29 +89,64 @@ def choose_threshold(y, p, rule="youden"):
                          "'sensitivity:<target>' or a number") from None
 
 
-def _group_indices(groups):
-    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.flatnonzero(np.diff(inverse[order])) + 1
-    return np.split(order, bounds)
+def _bootstrap_weights(groups, n_boot, seed):
+    """Yield, per replicate, how many times each sample is drawn when patients
+    are resampled with replacement (a patient's images go together)."""
+    _, patient = np.unique(np.asarray(groups), return_inverse=True)
+    n_patients = patient.max() + 1
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        draws = np.bincount(rng.integers(0, n_patients, n_patients), minlength=n_patients)
+        yield draws[patient].astype(np.float64)
 
 
-def _resample(members, rng):
-    picks = rng.integers(0, len(members), len(members))
-    return np.concatenate([members[i] for i in picks])
+class _WeightedScores:
+    """Metrics of fixed labels and scores under per-sample weights (counts).
+
+    A bootstrap replicate is the same samples with integer weights, so sorting
+    happens once and each replicate costs two `bincount` calls.
+    """
+
+    def __init__(self, y, p):
+        self.y = np.asarray(y).astype(bool)
+        self.p = np.asarray(p, dtype=np.float64)
+        _, self.level = np.unique(self.p, return_inverse=True)
+        self.n_levels = self.level.max() + 1
+
+    def auc(self, w):
+        pos = np.bincount(self.level, w * self.y, self.n_levels)
+        neg = np.bincount(self.level, w * ~self.y, self.n_levels)
+        neg_below = np.cumsum(neg) - neg
+        return float((pos * (neg_below + neg / 2)).sum() / (pos.sum() * neg.sum()))
+
+    def metrics(self, w, threshold):
+        pred = self.p >= threshold
+        tp, fp = w[pred & self.y].sum(), w[pred & ~self.y].sum()
+        fn, tn = w[~pred & self.y].sum(), w[~pred & ~self.y].sum()
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        sensitivity = tp / (tp + fn)
+        return {
+            "auc": self.auc(w),
+            "accuracy": (tp + tn) / w.sum(),
+            "sensitivity": sensitivity,
+            "specificity": tn / (tn + fp),
+            "f1": 2 * precision * sensitivity / (precision + sensitivity)
+            if precision + sensitivity else 0.0,
+            "brier": float(np.sum(w * (self.p - self.y) ** 2) / w.sum()),
+        }
+
+    def has_both_classes(self, w):
+        return w[self.y].sum() > 0 and w[~self.y].sum() > 0
 
 
 def bootstrap_ci(y, p, groups, threshold=0.5, n_boot=1000, seed=0, level=0.95):
     """95% CIs of every metric by resampling patients with replacement."""
-    y, p = np.asarray(y), np.asarray(p)
-    members = _group_indices(groups)
-    rng = np.random.default_rng(seed)
+    scores = _WeightedScores(y, p)
     samples = {name: [] for name in METRICS}
-    for _ in range(n_boot):
-        index = _resample(members, rng)
-        if y[index].min() == y[index].max():
+    for w in _bootstrap_weights(groups, n_boot, seed):
+        if not scores.has_both_classes(w):
             continue
-        values = binary_metrics(y[index], p[index], threshold)
+        values = scores.metrics(w, threshold)
         for name in METRICS:
             samples[name].append(values[name])
     tail = (1 - level) / 2 * 100
@@ -126,16 +161,10 @@ def paired_bootstrap_auc(y, p_model, p_reference, groups, n_boot=1000, seed=0):
 
     Returns the observed difference, its 95% CI and a two-sided p-value.
     """
-    y = np.asarray(y)
-    members = _group_indices(groups)
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        index = _resample(members, rng)
-        if y[index].min() == y[index].max():
-            continue
-        diffs.append(auc(y[index], p_model[index]) - auc(y[index], p_reference[index]))
-    diffs = np.asarray(diffs)
+    model, reference = _WeightedScores(y, p_model), _WeightedScores(y, p_reference)
+    diffs = np.asarray([model.auc(w) - reference.auc(w)
+                        for w in _bootstrap_weights(groups, n_boot, seed)
+                        if model.has_both_classes(w)])
     observed = auc(y, p_model) - auc(y, p_reference)
     p_value = min(1.0, 2 * min((diffs <= 0).mean(), (diffs >= 0).mean()))
     return {"diff": float(observed), "ci": [float(np.percentile(diffs, 2.5)),

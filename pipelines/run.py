@@ -79,8 +79,9 @@ def build_parser():
     parser.add_argument("--out", default="runs/latest", help="output folder")
     parser.add_argument("--cache-dir", default=default_cache_dir(),
                         help="feature cache folder ('none' disables it)")
-    parser.add_argument("--n-jobs", type=int, default=1,
-                        help="parallel jobs for feature extraction and XGBoost")
+    parser.add_argument("--n-jobs", type=int, default=-1,
+                        help="parallel jobs for feature extraction and for the fold fits "
+                        "(-1: all cores)")
     parser.add_argument("--n-boot", type=int, default=1000,
                         help="bootstrap replicates for confidence intervals")
     parser.add_argument("--no-save", action="store_true", help="do not save fitted models")
@@ -182,7 +183,7 @@ def main(argv=None):
     for name, fs, head in specs:
         log(f"fitting {name} ({args.cv}-fold CV + final fit)")
         X = np.hstack([features[e] for e in fs.split("+")])
-        clf = DecisionClassifier(make_head(head, args.seed, args.n_jobs), cv=folds,
+        clf = DecisionClassifier(make_head(head, args.seed), cv=folds, n_jobs=args.n_jobs,
                                  threshold_rule=args.threshold_rule).fit(X, y)
         p_eval = None
         if eval_index is not None:

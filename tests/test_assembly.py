@@ -72,3 +72,13 @@ def test_full_pipeline_clones_and_pickles(tmp_path):
     restored = pickle.loads(pickle.dumps(pipeline))
     np.testing.assert_array_equal(restored.predict_proba(paths), pipeline.predict_proba(paths))
     assert np.mean(pipeline.predict(paths) == np.array(labels)) > 0.9
+
+
+def test_parallel_fold_fits_match_serial_ones():
+    X, y, groups = _toy()
+    folds = make_folds(y, groups, n_splits=4, seed=0)
+    serial = DecisionClassifier(LogisticRegression(), cv=folds).fit(X, y)
+    parallel = DecisionClassifier(LogisticRegression(), cv=folds, n_jobs=2).fit(X, y)
+    np.testing.assert_allclose(parallel.oof_proba_, serial.oof_proba_, rtol=1e-10)
+    assert parallel.threshold_ == pytest.approx(serial.threshold_)
+    np.testing.assert_allclose(parallel.predict_proba(X), serial.predict_proba(X), rtol=1e-10)

@@ -86,3 +86,25 @@ def test_bootstrap_ci_contains_estimate_and_resamples_patients():
     # one patient with every image: a patient bootstrap cannot vary at all
     same = bootstrap_ci(y, p, np.zeros(200), 0.5, n_boot=20)
     assert same["auc"][0] == pytest.approx(same["auc"][1])
+
+
+def test_weighted_bootstrap_equals_explicit_patient_resampling():
+    """Each replicate weights samples by how often their patient was drawn;
+    that must give the metrics of the explicitly concatenated resample."""
+    from pipelines.metrics import _WeightedScores, _bootstrap_weights
+
+    rng = np.random.default_rng(3)
+    groups = rng.integers(0, 40, 150)
+    y = rng.integers(0, 2, 150)
+    p = np.round(rng.random(150), 1)  # many ties
+    scores = _WeightedScores(y, p)
+    _, patient = np.unique(groups, return_inverse=True)
+    for w in list(_bootstrap_weights(groups, 5, seed=1)):
+        index = np.repeat(np.arange(150), w.astype(int))
+        explicit = binary_metrics(y[index], p[index], 0.45)
+        weighted = scores.metrics(w, 0.45)
+        for name in ("auc", "accuracy", "sensitivity", "specificity", "f1", "brier"):
+            assert weighted[name] == pytest.approx(explicit[name], abs=1e-12)
+        # a patient's images are drawn together
+        for k in range(patient.max() + 1):
+            assert len(set(w[patient == k])) == 1

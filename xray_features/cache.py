@@ -4,6 +4,10 @@
 made of the input image's bytes and shape and the extractor's class and
 output-relevant parameters, so a cached row is reused across folds, heads and
 runs, and never across different images or settings.
+
+`FileFeatureCache` keys the same rows by the *file's* sha256 and the
+preprocessing's parameters, so a warm batch job skips decoding and
+preprocessing too (`pipelines.assemble.extract_features` uses it).
 """
 
 from __future__ import annotations
@@ -17,20 +21,21 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 
 from ._images import as_images
+from .hashing import file_sha256
 
-__all__ = ["CachedExtractor", "extractor_digest"]
+__all__ = ["CachedExtractor", "FileFeatureCache", "extractor_digest"]
 
 # Parameters that change speed, never the features.
 _RUNTIME_PARAMS = {"n_jobs", "batch_size", "n_threads"}
 
 
-def extractor_digest(extractor):
+def extractor_digest(extractor, salt=""):
     """A short hex digest of the extractor's class and output-relevant params."""
     params = {
         key: value for key, value in extractor.get_params(deep=True).items()
         if key.split("__")[-1] not in _RUNTIME_PARAMS
     }
-    text = type(extractor).__qualname__ + repr(sorted(params.items(), key=lambda kv: kv[0]))
+    text = salt + type(extractor).__qualname__ + repr(sorted(params.items(), key=lambda kv: kv[0]))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -58,16 +63,14 @@ class CachedExtractor(TransformerMixin, BaseEstimator):
         if self.cache_dir is None:
             return extractor.transform(X)
         images = as_images(X)
-        folder = Path(self.cache_dir) / f"{type(extractor).__name__}-{extractor_digest(extractor)}"
+        folder = _extractor_folder(self.cache_dir, extractor)
         keys = [_image_key(image) for image in images]
         rows = [_load(folder / f"{key}.npy") for key in keys]
         missing = [i for i, row in enumerate(rows) if row is None]
         if missing:
             computed = extractor.transform([images[i] for i in missing])
-            folder.mkdir(parents=True, exist_ok=True)
             for i, row in zip(missing, computed):
-                rows[i] = np.asarray(row, dtype=np.float32)
-                _save_atomic(folder / f"{keys[i]}.npy", rows[i])
+                rows[i] = _save_atomic(folder / f"{keys[i]}.npy", row)
         return np.vstack(rows)
 
     def get_feature_names_out(self, input_features=None):
@@ -79,6 +82,58 @@ class CachedExtractor(TransformerMixin, BaseEstimator):
         tags.requires_fit = False
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
+
+
+class FileFeatureCache:
+    """Feature rows keyed by image file content and preprocessing.
+
+    ``rows(paths)`` returns, per extractor, the cached row of each file or
+    None; ``store`` saves new ones. A key is the file's sha256 plus a digest of
+    ``preprocessor``'s parameters and of ``version`` (bump it when
+    preprocessing code changes without a parameter change).
+
+    Parameters
+    ----------
+    cache_dir : str
+    preprocessor : transformer
+    extractors : dict of name -> extractor
+    version : str
+    """
+
+    def __init__(self, cache_dir, preprocessor, extractors, version):
+        self.cache_dir = cache_dir
+        self.preprocessor = preprocessor
+        self.extractors = extractors
+        self.version = version
+
+    def _folders(self):
+        prep = extractor_digest(self.preprocessor, salt=self.version)
+        return {name: _extractor_folder(self.cache_dir, extractor) / f"files-{prep}"
+                for name, extractor in self.extractors.items()}
+
+    def file_keys(self, paths):
+        """sha256 of each file, or None where it cannot be read (left to the reader)."""
+        keys = []
+        for path in paths:
+            try:
+                keys.append(file_sha256(path))
+            except OSError:
+                keys.append(None)
+        return keys
+
+    def rows(self, keys):
+        return {name: [None if key is None else _load(folder / f"{key}.npy") for key in keys]
+                for name, folder in self._folders().items()}
+
+    def store(self, name, keys, rows):
+        folder = self._folders()[name]
+        for key, row in zip(keys, rows):
+            if key is not None:
+                _save_atomic(folder / f"{key}.npy", row)
+
+
+def _extractor_folder(cache_dir, extractor):
+    return Path(cache_dir) / f"{type(extractor).__name__}-{extractor_digest(extractor)}"
 
 
 def _image_key(image):
@@ -96,6 +151,9 @@ def _load(path):
 
 
 def _save_atomic(path, row):
+    """Write ``row`` as float32 to ``path`` (temp file + rename); return it."""
+    row = np.asarray(row, dtype=np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -104,3 +162,4 @@ def _save_atomic(path, row):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return row
