@@ -30,6 +30,7 @@ from pipelines.metrics import binary_metrics
 from pipelines.run import default_cache_dir
 from xray_features import index_dataset, make_folds
 from xray_features.preprocess import CLAHE, LungCrop, Resize
+from xray_features.sharpness import EqualizeSharpness
 from xray_features.texture import HOGFeatures
 
 LOG = Path(__file__).resolve().parent / "site_val_log.md"
@@ -41,7 +42,7 @@ def logreg(C=0.01, class_weight=None):
                                                    class_weight=class_weight))])
 
 
-def preprocessor(crop=True, clahe=True, blur_to=None):
+def preprocessor(crop=True, clahe=True, blur_to=None, equalize=None):
     steps = []
     if clahe:
         steps.append(("clahe", CLAHE()))
@@ -51,6 +52,8 @@ def preprocessor(crop=True, clahe=True, blur_to=None):
     if blur_to:
         steps.append(("blur", Resize(blur_to)))
         steps.append(("back", Resize(224)))
+    if equalize:
+        steps.append(("sharpness", EqualizeSharpness(target=equalize)))
     return Pipeline(steps)
 
 
@@ -72,6 +75,10 @@ CONFIGS = {
                            "youden", {}),
     "cnn/logreg-noclahe": ({"clahe": False}, "cnn", lambda: logreg(), "youden", {}),
     "cnn/logreg-blur112": ({"blur_to": 112}, "cnn", lambda: logreg(), "youden", {}),
+    # target 250 ~ the 10th percentile of train/'s Laplacian variance after CLAHE + resize
+    "cnn/logreg-eqsharp": ({"crop": False, "equalize": 250}, "cnn", lambda: logreg(), "youden", {}),
+    "hog+cnn/logreg-eqsharp": ({"crop": False, "equalize": 250}, "hog+cnn", lambda: logreg(),
+                               "youden", {}),
     "hog+cnn/logreg-coarsehog": ({}, "hog+cnn", lambda: logreg(), "youden",
                                  {"hog": HOGFeatures(image_size=64, pixels_per_cell=16)}),
 }
