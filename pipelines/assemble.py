@@ -6,12 +6,14 @@ A model is ``read -> preprocess -> FeatureUnion(extractors) -> DecisionClassifie
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from xray_features import CachedExtractor, HOGFeatures, LBPFeatures, ReadImages, __version__
+from xray_features.augment import counter_squash
 from xray_features.cache import FileFeatureCache
 from xray_features.cnn import OnnxEmbedder
 from xray_features.preprocess import default_preprocessor
@@ -19,7 +21,8 @@ from xray_features.preprocess import default_preprocessor
 from .decision import DecisionClassifier
 
 __all__ = ["EXTRACTORS", "HEADS", "parse_feature_sets", "make_extractor", "make_head",
-           "make_feature_union", "make_pipeline", "extract_features", "extract_preprocessed"]
+           "make_feature_union", "make_pipeline", "extract_features",
+           "extract_counter_squash_features", "extract_preprocessed"]
 
 EXTRACTORS = ("hog", "lbp", "cnn")
 HEADS = ("xgb", "logreg")
@@ -125,6 +128,30 @@ def extract_features(paths, extractor_names, cache_dir=None, batch_size=128, n_j
         bar.update(len(batch))
     bar.close()
     return {name: np.vstack(parts).astype(np.float32, copy=False) for name, parts in rows.items()}
+
+
+def extract_counter_squash_features(paths, labels, extractor_names, cache_dir=None,
+                                    preprocessor=None, **kwargs):
+    """Features of each image's `counter_squash` copy (read -> stretch ->
+    preprocess -> extract), in input order; cached like any features."""
+    preprocess = preprocessor if preprocessor is not None else default_preprocessor()
+    labels = np.asarray(labels)
+    paths = list(paths)
+    parts = {}
+    for label in (0, 1):
+        index = np.flatnonzero(labels == label)
+        if len(index):
+            stretched = Pipeline([("stretch", counter_squash(label)),
+                                  ("preprocess", clone(preprocess))])
+            parts[label] = (index, extract_features([paths[i] for i in index], extractor_names,
+                                                    cache_dir, preprocessor=stretched, **kwargs))
+    out = {}
+    for name in extractor_names:
+        first = next(iter(parts.values()))[1][name]
+        out[name] = np.empty((len(paths), first.shape[1]), dtype=np.float32)
+        for index, features in parts.values():
+            out[name][index] = features[name]
+    return out
 
 
 def extract_preprocessed(paths, preprocessor=None):

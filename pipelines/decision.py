@@ -73,14 +73,18 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
         self.threshold_rule = threshold_rule
         self.n_jobs = n_jobs
 
-    def fit(self, X, y):
+    def fit(self, X, y, X_aug=None, y_aug=None, aug_source=None):
+        """Fit on ``X, y``; augmented rows ``X_aug, y_aug`` (optional) join the
+        training part of every fold that holds their source row
+        ``aug_source`` (an index into ``X``), and never a test part."""
         y = np.asarray(y)
         self.classes_ = np.array([0, 1])
+        augment = _check_augment(len(y), X_aug, y_aug, aug_source)
         splits = list(check_cv(self.cv, y, classifier=True).split(X, y))
         jobs = [(train, test) for train, test in splits] + [(np.arange(len(y)), None)]
         with threadpool_limits(1 if (self.n_jobs or 1) != 1 else None):
             fitted = Parallel(n_jobs=self.n_jobs, backend="threading")(
-                delayed(_fit_one)(self.estimator, X, y, train) for train, _ in jobs)
+                delayed(_fit_one)(self.estimator, X, y, train, augment) for train, _ in jobs)
         raw = np.full(len(y), np.nan)
         fold = np.full(len(y), -1)
         for k, (model, (_, test)) in enumerate(zip(fitted[:-1], jobs[:-1])):
@@ -115,8 +119,28 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
         return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
 
 
-def _fit_one(estimator, X, y, index):
-    return clone(estimator).fit(_take(X, index), y[index])
+def _fit_one(estimator, X, y, index, augment):
+    X_part, y_part = _take(X, index), y[index]
+    if augment is not None:
+        X_aug, y_aug, source = augment
+        rows = np.flatnonzero(np.isin(source, index))
+        X_part = np.vstack([X_part, X_aug[rows]])
+        y_part = np.concatenate([y_part, y_aug[rows]])
+    return clone(estimator).fit(X_part, y_part)
+
+
+def _check_augment(n_samples, X_aug, y_aug, aug_source):
+    given = [a is not None for a in (X_aug, y_aug, aug_source)]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError("X_aug, y_aug and aug_source go together")
+    X_aug, y_aug, source = np.asarray(X_aug), np.asarray(y_aug), np.asarray(aug_source)
+    if not len(X_aug) == len(y_aug) == len(source):
+        raise ValueError("X_aug, y_aug and aug_source must have the same length")
+    if len(source) and (source.min() < 0 or source.max() >= n_samples):
+        raise ValueError("aug_source must index rows of X")
+    return X_aug, y_aug, source
 
 
 def _take(X, index):

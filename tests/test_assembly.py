@@ -82,3 +82,27 @@ def test_parallel_fold_fits_match_serial_ones():
     np.testing.assert_allclose(parallel.oof_proba_, serial.oof_proba_, rtol=1e-10)
     assert parallel.threshold_ == pytest.approx(serial.threshold_)
     np.testing.assert_allclose(parallel.predict_proba(X), serial.predict_proba(X), rtol=1e-10)
+
+
+def test_augmented_rows_train_only_the_folds_that_hold_their_source():
+    X, y, groups = _toy()
+    folds = make_folds(y, groups, n_splits=4, seed=0)
+    rng = np.random.default_rng(1)
+    source = rng.integers(0, len(y), 60)
+    X_aug = X[source] + rng.normal(0, 0.5, (60, X.shape[1]))
+    y_aug = 1 - y[source]  # poisoned labels: they must change only training parts
+    clf = DecisionClassifier(LogisticRegression(), cv=folds, calibration=None, n_jobs=2).fit(
+        X, y, X_aug=X_aug, y_aug=y_aug, aug_source=source)
+    for train, test in folds:
+        rows = np.isin(source, train)
+        assert not np.isin(source[rows], test).any()
+        model = LogisticRegression().fit(np.vstack([X[train], X_aug[rows]]),
+                                         np.concatenate([y[train], y_aug[rows]]))
+        np.testing.assert_allclose(clf.oof_proba_[test], model.predict_proba(X[test])[:, 1])
+    final = LogisticRegression().fit(np.vstack([X, X_aug]), np.concatenate([y, y_aug]))
+    np.testing.assert_allclose(clf.estimator_.coef_, final.coef_)
+    with pytest.raises(ValueError, match="together"):
+        DecisionClassifier(LogisticRegression(), cv=folds).fit(X, y, X_aug=X_aug)
+    with pytest.raises(ValueError, match="index rows"):
+        DecisionClassifier(LogisticRegression(), cv=folds).fit(
+            X, y, X_aug=X_aug, y_aug=y_aug, aug_source=source + len(y))

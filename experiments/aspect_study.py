@@ -1,0 +1,143 @@
+"""The aspect-ratio shortcut: measure it, stress-test it in CV, train against it.
+
+    python experiments/aspect_study.py                 # diagnosis + CV stress test (no site_val)
+    python experiments/aspect_study.py --site-val      # also one site_val look per model, logged
+
+1. Diagnosis (train/ only). The native subset's manifest gives each image's
+   original size: how well the original aspect ratio predicts the label, and
+   how the hog+cnn model's out-of-fold score follows it within each class.
+2. CV stress test. Every training image gets a "counter-squashed" copy
+   (`xray_features.augment.counter_squash`): NORMAL images look as if
+   squashed from a PNEUMONIA-shaped original and vice versa. Out-of-fold
+   models score the copies of their test fold: a model that relies on the
+   distortion loses specificity on the NORMAL copies.
+3. Counter-squash augmentation: each fold's model also trains on the copies
+   of its training images (never of its test images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.base import clone
+
+from pipelines.assemble import extract_counter_squash_features, extract_features, make_head
+from pipelines.decision import PlattCalibrator
+from pipelines.metrics import auc, binary_metrics, youden_threshold
+from pipelines.run import default_cache_dir
+from xray_features import index_dataset, make_folds
+from xray_features.preprocess import default_preprocessor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generalization import log_row  # noqa: E402
+
+NATIVE = "kermany-native-subset/MANIFEST.csv"
+
+
+def cross_fit(head, X, X_copy, y, folds, train_on_copies):
+    """Out-of-fold calibrated scores of the originals and of their copies,
+    the OOF Youden threshold, and the model refitted on all of train/."""
+    raw, raw_copy = np.zeros(len(y)), np.zeros(len(y))
+    for train, test in folds:
+        Xt, yt = X[train], y[train]
+        if train_on_copies:
+            Xt, yt = np.vstack([Xt, X_copy[train]]), np.concatenate([yt, y[train]])
+        model = clone(head).fit(Xt, yt)
+        raw[test] = model.predict_proba(X[test])[:, 1]
+        raw_copy[test] = model.predict_proba(X_copy[test])[:, 1]
+    calibrator = PlattCalibrator().fit(raw, y)
+    p, p_copy = calibrator.transform(raw), calibrator.transform(raw_copy)
+    threshold = youden_threshold(y, p)
+    Xf, yf = (np.vstack([X, X_copy]), np.concatenate([y, y])) if train_on_copies else (X, y)
+    final = clone(head).fit(Xf, yf)
+    return p, p_copy, threshold, lambda Z: calibrator.transform(final.predict_proba(Z)[:, 1])
+
+
+def diagnose(data_root, train, p_oof):
+    manifest = Path(data_root).parent / NATIVE
+    if not manifest.is_file():
+        return {}
+    with open(manifest) as handle:
+        aspect = {os.path.basename(r["path"]): float(r["orig_width"]) / float(r["orig_height"])
+                  for r in csv.DictReader(handle)}
+    a = np.array([aspect.get(os.path.basename(p), np.nan) for p in train.paths])
+    y, known = train.labels, ~np.isnan(a)
+    logit = np.log(p_oof / (1 - p_oof))
+    out = {"n_native": int(known.sum()),
+           "aspect_median": {"normal": float(np.median(a[known & (y == 0)])),
+                             "pneumonia": float(np.median(a[known & (y == 1)]))},
+           "aspect_auc_for_label": auc(y[known], a[known])}
+    for label, name in ((0, "normal"), (1, "pneumonia")):
+        m = known & (y == label)
+        out[f"spearman_score_vs_aspect_{name}"] = float(spearmanr(a[m], logit[m]).correlation)
+    return out
+
+
+def summary(y, p, p_copy, threshold):
+    cv, copies = binary_metrics(y, p, threshold), binary_metrics(y, p_copy, threshold)
+    return {"cv": {k: round(cv[k], 4) for k in ("auc", "accuracy", "sensitivity", "specificity")},
+            "counter_squashed": {k: round(copies[k], 4)
+                                 for k in ("auc", "accuracy", "sensitivity", "specificity")},
+            "threshold": round(threshold, 4)}, cv
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=os.environ.get("XRAY_DATA", "../shared/data/kermany"))
+    parser.add_argument("--features", default="cnn,hog+cnn")
+    parser.add_argument("--site-val", action="store_true",
+                        help="score site_val once per model and log it (experiments/site_val_log.md)")
+    parser.add_argument("--lung-crop", action="store_true",
+                        help="preprocess with LungCrop and a squashing resize, so every lung "
+                        "box becomes a square (normalises the distortion)")
+    parser.add_argument("--cache-dir", default=default_cache_dir())
+    parser.add_argument("--out", type=Path, default=Path("runs/aspect_study.json"))
+    args = parser.parse_args(argv)
+
+    index = index_dataset(args.data)
+    train, site = index.subset("train"), index.subset("site_val")
+    y = train.labels
+    folds = make_folds(y, train.groups, n_splits=5, seed=0)
+    names = sorted({n for fs in args.features.split(",") for n in fs.split("+")})
+    pre = (default_preprocessor(crop=True, resize_mode="squash") if args.lung_crop
+           else default_preprocessor())
+    tag = "-lungsquash" if args.lung_crop else ""
+    feats = extract_features(train.paths, names, args.cache_dir, preprocessor=pre)
+    copies = extract_counter_squash_features(train.paths, y, names, args.cache_dir,
+                                             preprocessor=pre)
+    site_feats = (extract_features(site.paths, names, args.cache_dir, preprocessor=pre)
+                  if args.site_val else None)
+
+    results = {}
+    for fs in args.features.split(","):
+        parts = fs.split("+")
+        X = np.hstack([feats[n] for n in parts])
+        X_copy = np.hstack([copies[n] for n in parts])
+        for augmented in (False, True):
+            name = f"{fs}/logreg{tag}" + ("-countersquash" if augmented else "")
+            p, p_copy, threshold, score = cross_fit(make_head("logreg"), X, X_copy, y, folds,
+                                                    augmented)
+            results[name], cv = summary(y, p, p_copy, threshold)
+            if fs == "hog+cnn":
+                results[name]["diagnosis"] = diagnose(args.data, train, p)
+            if args.site_val:
+                sv = binary_metrics(site.labels, score(np.hstack([site_feats[n] for n in parts])),
+                                    threshold)
+                results[name]["site_val"] = {k: round(sv[k], 4) for k in
+                                             ("auc", "accuracy", "sensitivity", "specificity")}
+                log_row(name + " (aspect_study)", cv, sv)
+            print(json.dumps({name: results[name]}), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Counter-squash augmentation: geometry of the stretch, and cached copies."""
+
+import cv2
+import numpy as np
+import pytest
+
+from pipelines.assemble import extract_counter_squash_features, make_extractor
+from xray_features import ReadImages
+from xray_features.augment import (NORMAL_TO_PNEUMONIA_ASPECT, Stretch, counter_squash,
+                                   counter_squash_copies)
+from xray_features.preprocess import default_preprocessor
+
+from .conftest import phantom, write_image
+
+
+def _disc(size=200, radius=40):
+    image = np.zeros((size, size), np.float32)
+    cv2.circle(image, (size // 2, size // 2), radius, 1.0, -1)
+    return image
+
+
+def _extent(mask):
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def test_stretch_keeps_shape_and_scales_each_axis():
+    disc = _disc()
+    assert np.array_equal(Stretch().transform([disc])[0], disc)
+    out = Stretch(vertical=1.5, horizontal=1.2).transform([disc])[0]
+    assert out.shape == disc.shape
+    height, width = _extent(out > 0.5)
+    assert height == pytest.approx(81 * 1.5, abs=3)
+    assert width == pytest.approx(81 * 1.2, abs=3)
+    with pytest.raises(ValueError, match=">= 1"):
+        Stretch(vertical=0.8).transform([disc])
+
+
+def test_counter_squash_narrows_normal_and_widens_pneumonia():
+    disc = _disc()
+    copies, labels = counter_squash_copies([disc, disc], [0, 1])
+    assert list(labels) == [0, 1]
+    (h0, w0), (h1, w1) = _extent(copies[0] > 0.5), _extent(copies[1] > 0.5)
+    assert h0 / w0 == pytest.approx(NORMAL_TO_PNEUMONIA_ASPECT, rel=0.05)  # looks narrower
+    assert w1 / h1 == pytest.approx(NORMAL_TO_PNEUMONIA_ASPECT, rel=0.05)  # looks wider
+    assert h0 == w1 and w0 == h1  # the same zoom, mirrored: the crop does not tell them apart
+
+
+def test_counter_squash_features_follow_read_stretch_preprocess(tmp_path):
+    paths = [write_image(tmp_path / f"{i}.png", phantom(120, seed=i)) for i in range(4)]
+    labels = np.array([0, 1, 1, 0])
+    got = extract_counter_squash_features(paths, labels, ["hog"], tmp_path / "cache",
+                                          progress=False)["hog"]
+    pre, hog = default_preprocessor(), make_extractor("hog")
+    for path, label, row in zip(paths, labels, got):
+        image = ReadImages().transform([path])
+        expected = hog.transform(pre.transform(list(counter_squash(label).transform(image))))
+        np.testing.assert_array_equal(row, expected[0])
+    again = extract_counter_squash_features(paths, labels, ["hog"], tmp_path / "cache",
+                                            progress=False)["hog"]
+    np.testing.assert_array_equal(again, got)
