@@ -28,7 +28,8 @@ from xray_features import ReadImages
 from xray_features.dataset import index_dataset, make_folds
 from xray_features.preprocess import default_preprocessor
 
-from .assemble import HEADS, extract_features, make_feature_union, make_head, parse_feature_sets
+from .assemble import (HEADS, extract_counter_squash_features, extract_features,
+                       make_feature_union, make_head, parse_feature_sets)
 from .baselines import finetuned_baselines
 from .decision import DecisionClassifier
 from .metrics import auc, binary_metrics, bootstrap_ci, delong_test, paired_bootstrap_auc
@@ -76,6 +77,11 @@ def build_parser():
     parser.add_argument("--lung-crop", action="store_true",
                         help="add LungCrop to the preprocessing (off by default: it lowered "
                         "site_val AUC, see experiments/site_val_log.md)")
+    parser.add_argument("--augment", choices=["counter-squash", "none"], default="counter-squash",
+                        help="training-time augmentation: 'counter-squash' adds, per training "
+                        "image, a copy squashed like the other class (the train images were "
+                        "squashed from originals whose shape differs by class; see "
+                        "experiments/aspect_study.py); copies never enter a test fold")
     parser.add_argument("--out", default="runs/latest", help="output folder")
     parser.add_argument("--cache-dir", default=default_cache_dir(),
                         help="feature cache folder ('none' disables it)")
@@ -155,6 +161,12 @@ def main(argv=None):
     preprocessor = default_preprocessor(crop=args.lung_crop)
     features = extract_features(train.paths, extractors, cache_dir, n_jobs=args.n_jobs,
                                 progress=progress, preprocessor=preprocessor)
+    copies = None
+    if args.augment == "counter-squash":
+        log("counter-squash copies of the training images")
+        copies = extract_counter_squash_features(train.paths, y, extractors, cache_dir,
+                                                 preprocessor=preprocessor, n_jobs=args.n_jobs,
+                                                 progress=progress)
     eval_index = eval_features = None
     if args.eval_dir:
         eval_index = index_dataset(args.eval_dir)
@@ -183,8 +195,12 @@ def main(argv=None):
     for name, fs, head in specs:
         log(f"fitting {name} ({args.cv}-fold CV + final fit)")
         X = np.hstack([features[e] for e in fs.split("+")])
+        augment = {}
+        if copies is not None:
+            augment = {"X_aug": np.hstack([copies[e] for e in fs.split("+")]), "y_aug": y,
+                       "aug_source": np.arange(len(y))}
         clf = DecisionClassifier(make_head(head, args.seed), cv=folds, n_jobs=args.n_jobs,
-                                 threshold_rule=args.threshold_rule).fit(X, y)
+                                 threshold_rule=args.threshold_rule).fit(X, y, **augment)
         p_eval = None
         if eval_index is not None:
             Xe = np.hstack([eval_features[e] for e in fs.split("+")])
@@ -197,7 +213,7 @@ def main(argv=None):
                         "threshold_rule": args.threshold_rule, "cv": result["cv"],
                         "training_manifest_sha256": manifest_hash(train),
                         "n_training_images": len(train), "seed": args.seed,
-                        "lung_crop": args.lung_crop}
+                        "lung_crop": args.lung_crop, "augment": args.augment}
             save_model(pipeline, out / "models" / f"{fs.replace('+', '_')}-{head}.joblib",
                        metadata)
 
@@ -233,6 +249,7 @@ def main(argv=None):
                                                           (argv if argv is not None else sys.argv[1:])),
         "data": str(args.data), "eval_dir": args.eval_dir, "n_train": len(train),
         "cv_folds": args.cv, "seed": args.seed, "threshold_rule": args.threshold_rule,
+        "augment": args.augment,
         "baseline": PROBE, "selected": selected, "summary": summary, "models": models,
         "comparisons": comparisons, "per_fold": per_fold,
         "wall_time_s": None,

@@ -24,6 +24,7 @@ def test_metrics_json_contract(trained_run):
         assert model["cv"]["ci"]["auc"][0] <= model["cv"]["auc"] <= model["cv"]["ci"]["auc"][1]
     assert results["selected"] in results["models"]
     assert not results["selected"].startswith("baseline/")
+    assert results["augment"] == "counter-squash"  # the default
     # the synthetic signal is easy: the texture models must learn it
     assert results["models"]["hog/logreg"]["cv"]["auc"] > 0.9
     for name in ("roc_cv.png", "roc_eval.png", "confusion_cv.png", "calibration_eval.png",
