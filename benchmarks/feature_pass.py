@@ -27,7 +27,8 @@ def main(argv=None):
     names = args.extractors.split(",")
     start, cpu = time.perf_counter(), time.process_time()
     features = extract_features(index.paths, names, cache_dir=None,
-                                preprocessor=default_preprocessor(crop=not args.no_crop))
+                                preprocessor=default_preprocessor(crop=not args.no_crop,
+                                                                  resize_mode="pad"))
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     widths = ", ".join(f"{n} {features[n].shape[1]}" for n in names)
     print(f"{len(index)} images of {args.split}/ through read -> CLAHE -> "

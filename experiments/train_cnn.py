@@ -4,7 +4,7 @@ Trains a small CNN from scratch (``--arch small``: three 3x3 conv blocks
 32-64-128 with max-pooling, dense 64, dropout 0.4, sigmoid output, as in the
 source repository's baseline) or fine-tunes ImageNet EfficientNet-Lite0
 (``--arch lite0``) on the shared preprocessed images
-(``default_preprocessor()``: CLAHE -> LungCrop -> pad-resize to 224), resized
+(``default_preprocessor(crop=True, resize_mode="pad")``: CLAHE -> LungCrop -> pad-resize to 224), resized
 to ``--size`` with cv2.INTER_AREA exactly as `OnnxCNNClassifier` does.
 
 For each of the 5 patient-grouped folds of ``make_folds(seed=0)`` over
@@ -62,7 +62,7 @@ def preprocessed(index, split, cache_dir):
     if cache.exists() and json.loads(paths_file.read_text()) == paths:
         return np.load(cache, mmap_mode="r")
     log.info("preprocessing %d %s images -> %s", len(paths), split, cache)
-    pre = default_preprocessor(crop=True)  # the baselines were trained with LungCrop
+    pre = default_preprocessor(crop=True, resize_mode="pad")  # as the baselines were trained
     chunks = [
         pre.fit_transform([read_xray(p) for p in paths[i:i + 256]])
         for i in range(0, len(paths), 256)

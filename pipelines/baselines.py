@@ -4,7 +4,7 @@
 ``experiments/oof/<name>.csv`` (columns ``path,label,fold,proba``; paths
 relative to the data root). The final model, trained on all of train/, is
 ``xray_features/models/<name>.onnx``; it was trained on images preprocessed
-by ``default_preprocessor(crop=True)``. A baseline is used only when its folds
+by ``default_preprocessor(crop=True, resize_mode="pad")``. A baseline is used only when its folds
 are exactly the folds of this run, so every model is compared on the same
 splits.
 """
@@ -59,7 +59,7 @@ def finetuned_baselines(train, folds, eval_index=None, oof_dir=OOF_DIR, models_d
             from .assemble import extract_preprocessed
 
             # the CNNs were trained on CLAHE -> LungCrop -> Resize(224)
-            images = extract_preprocessed(eval_index.paths, default_preprocessor(crop=True))
+            images = extract_preprocessed(eval_index.paths, default_preprocessor(crop=True, resize_mode="pad"))
             scores = OnnxCNNClassifier(model_path=str(model_path)).predict_proba(images)[:, 1]
         yield {"name": f"baseline/{csv_path.stem}", "oof": oof, "threshold": threshold,
                "eval": scores}

@@ -86,3 +86,15 @@ def test_default_preprocessor_output():
 def test_bad_batches_are_refused(bad):
     with pytest.raises(ValueError):
         CLAHE().transform(bad)
+
+
+def test_default_preprocessor_squashes_like_the_training_images():
+    """The training images were squashed to squares, so real-shaped inputs are
+    squashed too (pad-resizing them cost accuracy: experiments/native_resize_study.py)."""
+    wide = phantom(300)[50:250]  # 200 x 300
+    out = default_preprocessor(size=64).transform([wide])[0]
+    expected = Resize(64, mode="squash").transform(CLAHE().transform([wide]))[0]
+    np.testing.assert_array_equal(out, expected)
+    padded = default_preprocessor(size=64, resize_mode="pad").transform([wide])[0]
+    assert np.all(padded[:8] == 0) and out[:8].max() > 0  # pad bands only when asked for
+    assert default_preprocessor().get_params()["resize__mode"] == "squash"
