@@ -232,10 +232,11 @@ def main(argv=None):
             comparisons[name]["eval"] = compare(eval_index.labels, curves_eval[name],
                                                 curves_eval[PROBE], eval_index.groups,
                                                 args.n_boot, args.seed)
-    candidates = [n for n in models if not n.startswith("baseline/")]
-    selected = max(candidates, key=lambda n: (models[n]["cv"]["auc"], -len(n)))
+    selected, selection_tests = select_model(models, curves_cv, y, groups, args.n_boot,
+                                             args.seed)
     verdict = comparisons[selected]["cv"]["verdict"]
-    summary = (f"Selected by cross-validated AUC (without looking at the evaluation set): "
+    summary = (f"Selected as the simplest model not significantly worse in CV AUC than the best "
+               f"(patient-level paired bootstrap; without looking at the evaluation set): "
                f"{selected}, CV AUC {models[selected]['cv']['auc']:.3f} vs "
                f"{models[PROBE]['cv']['auc']:.3f} for {PROBE}: {verdict} (patient-level "
                f"paired bootstrap, DeLong p = {comparisons[selected]['cv']['delong_p']:.3g}).")
@@ -250,7 +251,8 @@ def main(argv=None):
         "data": str(args.data), "eval_dir": args.eval_dir, "n_train": len(train),
         "cv_folds": args.cv, "seed": args.seed, "threshold_rule": args.threshold_rule,
         "augment": args.augment,
-        "baseline": PROBE, "selected": selected, "summary": summary, "models": models,
+        "baseline": PROBE, "selected": selected, "selection_tests": selection_tests,
+        "summary": summary, "models": models,
         "comparisons": comparisons, "per_fold": per_fold,
         "wall_time_s": None,
     }
@@ -263,6 +265,25 @@ def main(argv=None):
     print(summary)
     print(f"report: {out / 'report.html'}  ({results['wall_time_s']} s)")
     return 0
+
+
+def select_model(models, oof, y, groups, n_boot=1000, seed=0):
+    """The model the CV results recommend: the simplest not significantly worse than the best.
+
+    Among non-baseline models, those whose CV AUC is not significantly below
+    the best one's (patient-level paired bootstrap of the AUC difference on
+    the out-of-fold predictions ``oof[name]``: its 95 % CI reaches 0) are
+    eligible; the one with the fewest extractors wins (the cheapest to score),
+    then the highest CV AUC. Returns ``(name, {candidate: bootstrap result})``.
+    """
+    candidates = [n for n in models if not n.startswith("baseline/")]
+    best = max(candidates, key=lambda n: models[n]["cv"]["auc"])
+    tests = {n: paired_bootstrap_auc(y, oof[best], oof[n], groups, n_boot=n_boot, seed=seed)
+             for n in candidates if n != best}
+    eligible = [best] + [n for n, t in tests.items() if t["ci"][0] <= 0]
+    chosen = min(eligible, key=lambda n: (models[n]["features"].count("+"),
+                                          -models[n]["cv"]["auc"]))
+    return chosen, tests
 
 
 def _final_pipeline(feature_set, fitted_classifier, preprocessor, n_jobs):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines import run
+from pipelines.metrics import auc
 from pipelines.persist import load_model
 from xray_features.dataset import index_dataset
 
@@ -81,3 +82,21 @@ def test_help_explains_options():
     for option in ("--features", "--heads", "--data", "--eval-dir", "--cv", "--seed", "--out",
                    "--n-jobs", "--limit"):
         assert option in text
+
+
+def test_selection_takes_the_simplest_model_not_significantly_worse():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 200)
+    groups = np.arange(400)
+    signal = y + rng.normal(0, 0.5, 400)
+    oof = {"hog+lbp+cnn/logreg": signal,
+           "hog+cnn/logreg": signal + rng.normal(0, 0.01, 400),  # the same ranking, nearly
+           "hog/logreg": y + rng.normal(0, 1.5, 400)}              # clearly worse
+    models = {n: {"features": n.split("/")[0], "cv": {"auc": auc(y, p)}} for n, p in oof.items()}
+    models["baseline/cnn-probe"] = {"features": "cnn", "cv": {"auc": 1.0}}
+    chosen, tests = run.select_model(models, oof, y, groups, n_boot=300)
+    assert chosen == "hog+cnn/logreg"
+    assert tests["hog/logreg"]["ci"][0] > 0  # significantly worse: not eligible
+    oof["hog+cnn/logreg"] = y + rng.normal(0, 1.5, 400)
+    models["hog+cnn/logreg"]["cv"]["auc"] = auc(y, oof["hog+cnn/logreg"])
+    assert run.select_model(models, oof, y, groups, n_boot=300)[0] == "hog+lbp+cnn/logreg"
