@@ -1,6 +1,7 @@
 """Export ImageNet-pretrained EfficientNet-Lite0 as a 1280-d ONNX embedder.
 
-The ONNX model takes ``image``: float32 (N, 3, 224, 224), already normalised
+The ONNX model takes ``image``: float32 (N, 3, H, W), any size (the pipeline
+uses 224, or 160 for the ``cnn160`` fast path), already normalised
 as (x - 127) / 128 for pixels x in 0..255 (grayscale copied to 3 channels),
 and returns ``embedding``: float32 (N, 1280), the global average pool of the
 last feature map (``extract_features``), before dropout and the ImageNet head.
@@ -68,7 +69,9 @@ def build_embedder():
 
 
 def export_onnx(module, path, output_name="embedding"):
-    """Export with a dynamic batch axis (legacy TorchScript exporter: no onnxscript needed)."""
+    """Export with dynamic batch, height and width axes (the network is fully
+    convolutional with a global pool, so it runs at any input size; legacy
+    TorchScript exporter: no onnxscript needed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(2, 3, 224, 224)
@@ -76,7 +79,8 @@ def export_onnx(module, path, output_name="embedding"):
         torch.onnx.export(
             module, (dummy,), str(path), dynamo=False, opset_version=OPSET,
             input_names=["image"], output_names=[output_name],
-            dynamic_axes={"image": {0: "batch"}, output_name: {0: "batch"}},
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                          output_name: {0: "batch"}},
         )
     return path
 

@@ -24,7 +24,8 @@ __all__ = ["EXTRACTORS", "HEADS", "parse_feature_sets", "make_extractor", "make_
            "make_feature_union", "make_pipeline", "extract_features",
            "extract_counter_squash_features", "extract_preprocessed"]
 
-EXTRACTORS = ("hog", "lbp", "cnn")
+# cnn160: the same embedder at 160 px, the fast path (about 2.5x cheaper than 224).
+EXTRACTORS = ("hog", "lbp", "cnn", "cnn160")
 HEADS = ("xgb", "logreg")
 
 
@@ -50,6 +51,8 @@ def make_extractor(name, n_jobs=None):
         return LBPFeatures(n_jobs=n_jobs)
     if name == "cnn":
         return OnnxEmbedder()
+    if name == "cnn160":
+        return OnnxEmbedder(image_size=160)
     raise ValueError(f"unknown extractor {name!r}")
 
 

@@ -57,7 +57,8 @@ def build_parser():
     )
     parser.add_argument("--features", default="hog,cnn,hog+cnn",
                         help="comma-separated feature sets; each is '+'-joined extractors "
-                        "from hog, lbp, cnn (e.g. hog,cnn,hog+cnn)")
+                        "from hog, lbp, cnn, cnn160 (the CNN at 160 px, a faster path) "
+                        "(e.g. hog,cnn,hog+cnn)")
     parser.add_argument("--heads", default="xgb,logreg",
                         help=f"comma-separated heads from {', '.join(HEADS)}")
     parser.add_argument("--data", default=default_data_dir(),

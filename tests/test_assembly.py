@@ -18,6 +18,7 @@ from .conftest import phantom, pneumonia_phantom, write_image
 def test_parse_feature_sets():
     assert parse_feature_sets("hog,cnn,cnn+hog, lbp+hog+cnn") == ["hog", "cnn", "hog+cnn",
                                                                    "hog+lbp+cnn"]
+    assert parse_feature_sets("cnn160+hog") == ["hog+cnn160"]
     with pytest.raises(ValueError, match="sift"):
         parse_feature_sets("hog+sift")
 

@@ -96,8 +96,17 @@ def test_sklearn_contract(images):
 
 
 def test_image_size_must_match_a_static_model():
-    with pytest.raises(ValueError, match="224"):
-        OnnxEmbedder(image_size=160).transform(synthetic_images(1))
+    with pytest.raises(ValueError, match="64"):
+        OnnxCNNClassifier(image_size=32).predict_proba(synthetic_images(1))
+
+
+def test_embedder_runs_at_160_px(images, embeddings):
+    """The packaged embedder has dynamic height and width: the cnn160 fast path."""
+    small = OnnxEmbedder(image_size=160).transform(images)
+    assert small.shape == embeddings.shape and np.isfinite(small).all()
+    assert not np.allclose(small, embeddings, atol=1e-3)
+    resized = np.stack([cv2.resize(im, (160, 160), interpolation=cv2.INTER_AREA) for im in images])
+    np.testing.assert_allclose(OnnxEmbedder(image_size=160).transform(resized), small, atol=1e-5)
 
 
 def test_bad_input_raises():
@@ -211,3 +220,8 @@ def test_onnx_matches_torch():
         expected = net.extract_features(torch.from_numpy(x)).mean(dim=(2, 3)).numpy()
     got = OnnxEmbedder().transform(images)
     assert np.abs(got - expected).max() < 1e-4
+    small = np.stack([cv2.resize(im, (160, 160), interpolation=cv2.INTER_AREA) for im in images])
+    x = np.repeat(((small * 255 - 127) / 128)[:, None], 3, axis=1).astype(np.float32)
+    with torch.no_grad():
+        expected = net.extract_features(torch.from_numpy(x)).mean(dim=(2, 3)).numpy()
+    assert np.abs(OnnxEmbedder(image_size=160).transform(small) - expected).max() < 1e-4

@@ -36,7 +36,7 @@ DEFAULT_CLASSIFIER = "cnn_small64_noaug.onnx"
 # sha256 of the models shipped in MODELS_DIR (also listed in models/MODEL_CARD.md).
 PACKAGED_SHA256 = {
     "efficientnet_lite0_embedder.onnx":
-        "38b11444b27cc7f8635a0176e769c9604985cf2badbdd391b0a0442d077b536f",
+        "df06446057e2688d51d9f5c4e762926c53bae2b4e2e36ec3d967f66cb1553026",
     "cnn_small64_noaug.onnx":
         "35961edc1d5e9b62bf6f99f9902cde14508fbc1328d0cf9235f11f1f8c1a4aa7",
 }
