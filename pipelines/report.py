@@ -119,9 +119,15 @@ def _tables(results):
     return tables
 
 
+def _setup(results):
+    return (f"{results['n_train']} training images, {results['cv_folds']}-fold patient-grouped "
+            f"CV (seed {results['seed']}), threshold rule {results['threshold_rule']}, "
+            f"augmentation {results.get('augment', 'none')}.")
+
+
 def _markdown(results, tables, plots):
     lines = ["# xray-hybrid comparison report", "", f"Command: `{results['command']}`", "",
-             results["summary"], ""]
+             _setup(results), "", results["summary"], ""]
     for title, header, rows in tables:
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header)]
@@ -139,6 +145,7 @@ def _html(results, tables, plots):
              "padding:3px 6px}</style>",
              "<h1>xray-hybrid comparison report</h1>",
              f"<p>Command: <code>{html.escape(results['command'])}</code></p>",
+             f"<p>{html.escape(_setup(results))}</p>",
              f"<p>{html.escape(results['summary'])}</p>"]
     for title, header, rows in tables:
         parts.append(f"<h2>{html.escape(title)}</h2><table><tr>"

@@ -33,6 +33,8 @@ def test_metrics_json_contract(trained_run):
         assert (trained_run / name).stat().st_size > 0
     html = (trained_run / "report.html").read_text()
     assert "data:image/png;base64," in html and "Per fold" in html
+    assert "augmentation counter-squash" in html
+    assert "augmentation counter-squash" in (trained_run / "report.md").read_text()
 
 
 def test_saved_model_reproduces_eval_scores(trained_run, synthetic_data):
