@@ -150,7 +150,7 @@ def upscale_set(paths, folder, side):
 
 # ---- models ----------------------------------------------------------------------
 
-def build_models(fit_paths, n_jobs=None):
+def build_models(fit_paths, n_jobs=-1):
     """{feature set: fitted make_pipeline(fs, 'logreg')}: features of ``fit_paths``
     extracted once, the head fitted on them (3-fold OOF threshold)."""
     from pipelines.assemble import extract_features, make_pipeline

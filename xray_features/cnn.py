@@ -152,7 +152,8 @@ class OnnxEmbedder(_OnnxModelMixin, ImageTransformerMixin):
     image_size : int
         Side the images are resized to (the packaged model expects 224).
     batch_size : int
-        Images per onnxruntime call; results do not depend on it.
+        Images per onnxruntime call; results do not depend on it. 8 was the
+        fastest on 2 cores (7.4 ms/image against 8.5 at 32).
     n_threads : int
         onnxruntime intra-op threads.
     expected_sha256 : str, optional
@@ -164,7 +165,7 @@ class OnnxEmbedder(_OnnxModelMixin, ImageTransformerMixin):
 
     _default_model = DEFAULT_EMBEDDER
 
-    def __init__(self, model_path=None, image_size=224, batch_size=32, n_threads=2,
+    def __init__(self, model_path=None, image_size=224, batch_size=8, n_threads=2,
                  expected_sha256=None, output_name="embedding"):
         self.model_path = model_path
         self.image_size = image_size
