@@ -134,9 +134,11 @@ def extract_features(paths, extractor_names, cache_dir=None, batch_size=128, n_j
 
 
 def extract_counter_squash_features(paths, labels, extractor_names, cache_dir=None,
-                                    preprocessor=None, **kwargs):
+                                    preprocessor=None, extract=None, **kwargs):
     """Features of each image's `counter_squash` copy (read -> stretch ->
-    preprocess -> extract), in input order; cached like any features."""
+    preprocess -> extract), in input order; cached like any features.
+    ``extract`` replaces `extract_features` (e.g. its Dask version)."""
+    extract = extract or extract_features
     preprocess = preprocessor if preprocessor is not None else default_preprocessor()
     labels = np.asarray(labels)
     paths = list(paths)
@@ -146,8 +148,8 @@ def extract_counter_squash_features(paths, labels, extractor_names, cache_dir=No
         if len(index):
             stretched = Pipeline([("stretch", counter_squash(label)),
                                   ("preprocess", clone(preprocess))])
-            parts[label] = (index, extract_features([paths[i] for i in index], extractor_names,
-                                                    cache_dir, preprocessor=stretched, **kwargs))
+            parts[label] = (index, extract([paths[i] for i in index], extractor_names,
+                                           cache_dir, preprocessor=stretched, **kwargs))
     out = {}
     for name in extractor_names:
         first = next(iter(parts.values()))[1][name]

@@ -1,4 +1,8 @@
-"""Score many chest X-ray files on a Dask cluster (optional extra).
+"""Score many chest X-ray files, or extract their features, on a Dask cluster (optional extra).
+
+`extract_features_on_dask` is `pipelines.assemble.extract_features` cut into
+chunks, one Dask task per chunk (used by ``pipelines.run --dask``); it
+returns the same arrays.
 
 `score_on_dask` returns the same rows as `pipelines.score.score_paths` run
 locally over the same paths, in input order. The paths are cut into batches
@@ -31,7 +35,7 @@ from pathlib import Path
 
 from .persist import ModelFileError, load_model, sha256_of
 
-__all__ = ["score_on_dask", "DaskUnavailableError", "INSTALL_HINT"]
+__all__ = ["score_on_dask", "extract_features_on_dask", "DaskUnavailableError", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'xray-hybrid[dask]'"
 
@@ -99,6 +103,40 @@ def score_on_dask(model_path, paths, scheduler="local", batch_size=64, n_workers
     with _connect(scheduler, n_workers, processes) as client:
         results = client.compute(bag, sync=True)
     return [row for batch in results for row in batch]
+
+
+def extract_features_on_dask(paths, extractor_names, cache_dir=None, preprocessor=None,
+                             scheduler="local", chunk_size=256, n_workers=None, processes=True,
+                             **kwargs):
+    """`extract_features` on a Dask cluster: ``{name: (n, n_features) float32}``.
+
+    ``paths`` and ``cache_dir`` must be readable (the cache writable) at the
+    same paths on every worker. ``scheduler``, ``n_workers`` and ``processes``
+    are as in `score_on_dask`; ``kwargs`` go to `extract_features`.
+    """
+    _require_distributed()
+    import dask.bag as db
+    import numpy as np
+
+    paths = [os.fspath(p) for p in paths]
+    names = list(extractor_names)
+    step = max(1, int(chunk_size))
+    chunks = [paths[start:start + step] for start in range(0, len(paths), step)]
+    if not chunks:
+        from .assemble import extract_features
+        return extract_features([], names, cache_dir, preprocessor=preprocessor, **kwargs)
+    bag = db.from_sequence(chunks, npartitions=len(chunks)).map(
+        _extract_chunk, names, cache_dir, preprocessor, kwargs)
+    with _connect(scheduler, n_workers, processes) as client:
+        parts = client.compute(bag, sync=True)
+    return {name: np.vstack([part[name] for part in parts]) for name in names}
+
+
+def _extract_chunk(paths, names, cache_dir, preprocessor, kwargs):
+    from .assemble import extract_features
+
+    return extract_features(paths, names, cache_dir, preprocessor=preprocessor,
+                            **{**kwargs, "progress": False})
 
 
 @contextmanager

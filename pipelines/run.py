@@ -18,6 +18,7 @@ import os
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,10 @@ def build_parser():
                         "(-1: all cores)")
     parser.add_argument("--n-boot", type=int, default=1000,
                         help="bootstrap replicates for confidence intervals")
+    parser.add_argument("--dask", default=None, metavar="SCHEDULER",
+                        help="extract features on a Dask cluster: 'local' (a LocalCluster) or "
+                        "an address such as tcp://host:8786; images and --cache-dir must be "
+                        "at the same paths on every worker (needs the dask extra)")
     parser.add_argument("--no-save", action="store_true", help="do not save fitted models")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -160,20 +165,23 @@ def main(argv=None):
 
     extractors = sorted({name for fs in feature_sets for name in fs.split("+")} | {"cnn"})
     preprocessor = default_preprocessor(crop=args.lung_crop)
-    features = extract_features(train.paths, extractors, cache_dir, n_jobs=args.n_jobs,
-                                progress=progress, preprocessor=preprocessor)
+    extract = extract_features
+    if args.dask:
+        from .dask_scoring import extract_features_on_dask
+        extract = partial(extract_features_on_dask, scheduler=args.dask)
+    features = extract(train.paths, extractors, cache_dir, n_jobs=args.n_jobs,
+                       progress=progress, preprocessor=preprocessor)
     copies = None
     if args.augment == "counter-squash":
         log("counter-squash copies of the training images")
         copies = extract_counter_squash_features(train.paths, y, extractors, cache_dir,
                                                  preprocessor=preprocessor, n_jobs=args.n_jobs,
-                                                 progress=progress)
+                                                 progress=progress, extract=extract)
     eval_index = eval_features = None
     if args.eval_dir:
         eval_index = index_dataset(args.eval_dir)
-        eval_features = extract_features(eval_index.paths, extractors, cache_dir,
-                                         n_jobs=args.n_jobs, progress=progress,
-                                         preprocessor=preprocessor)
+        eval_features = extract(eval_index.paths, extractors, cache_dir, n_jobs=args.n_jobs,
+                                progress=progress, preprocessor=preprocessor)
 
     specs = [(f"{fs}/{head}", fs, head) for fs in feature_sets for head in heads]
     specs.append((PROBE, "cnn", "logreg"))

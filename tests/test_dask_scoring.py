@@ -113,3 +113,35 @@ def test_score_cli_dask_flag_writes_the_same_csv(saved_model, inputs, cluster, t
     assert score.main(subset + ["--model", str(path), "--out", str(dask_csv), "--quiet",
                                 "--dask", cluster.scheduler_address]) == 1
     assert dask_csv.read_text() == local_csv.read_text()
+
+
+def test_feature_extraction_on_dask_equals_local(cluster, tmp_path):
+    from pipelines.assemble import extract_features
+    from pipelines.dask_scoring import extract_features_on_dask
+
+    paths = [str(write_image(tmp_path / f"x{i}.png", phantom(80, seed=i))) for i in range(11)]
+    local = extract_features(paths, ["hog", "lbp"], None, progress=False)
+    with distributed.Client(cluster) as client:
+        remote = extract_features_on_dask(paths, ["hog", "lbp"], tmp_path / "cache",
+                                          scheduler=client, chunk_size=4)
+    for name in local:
+        np.testing.assert_array_equal(remote[name], local[name])
+
+
+def test_run_cli_dask_flag_gives_the_same_cv(cluster, tmp_path):
+    from pipelines import run
+
+    for i in range(12):
+        write_image(tmp_path / "data" / "NORMAL" / f"IM-{i:04d}-0001.png", phantom(64, seed=i))
+        write_image(tmp_path / "data" / "PNEUMONIA" / f"person{i}_virus_1.png",
+                    pneumonia_phantom(64, seed=i))
+    address = cluster.scheduler_address
+    common = ["--data", str(tmp_path / "data"), "--features", "hog", "--heads", "logreg",
+              "--cv", "3", "--n-boot", "20", "--no-save", "--quiet", "--augment", "none"]
+    assert run.main(common + ["--out", str(tmp_path / "local"), "--cache-dir", "none"]) == 0
+    assert run.main(common + ["--out", str(tmp_path / "dask"), "--cache-dir", "none",
+                              "--dask", address]) == 0
+    import json
+    a = json.loads((tmp_path / "local" / "metrics.json").read_text())["models"]
+    b = json.loads((tmp_path / "dask" / "metrics.json").read_text())["models"]
+    assert a["hog/logreg"]["cv"] == b["hog/logreg"]["cv"]
