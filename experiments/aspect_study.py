@@ -41,23 +41,33 @@ from generalization import log_row  # noqa: E402
 NATIVE = "kermany-native-subset/MANIFEST.csv"
 
 
+def fold_models(head, X, y, folds, X_aug=None):
+    """The fold models, their calibrator, the OOF Youden threshold and the raw
+    OOF scores. With ``X_aug`` (one copy per row of ``X``), each fold's model
+    also trains on the copies of its training rows."""
+    models, raw = [], np.zeros(len(y))
+    for train, test in folds:
+        Xt, yt = X[train], y[train]
+        if X_aug is not None:
+            Xt, yt = np.vstack([Xt, X_aug[train]]), np.concatenate([yt, y[train]])
+        models.append(clone(head).fit(Xt, yt))
+        raw[test] = models[-1].predict_proba(X[test])[:, 1]
+    calibrator = PlattCalibrator().fit(raw, y)
+    return models, calibrator, youden_threshold(y, calibrator.transform(raw)), raw
+
+
 def cross_fit(head, X, X_copy, y, folds, train_on_copies):
     """Out-of-fold calibrated scores of the originals and of their copies,
     the OOF Youden threshold, and the model refitted on all of train/."""
-    raw, raw_copy = np.zeros(len(y)), np.zeros(len(y))
-    for train, test in folds:
-        Xt, yt = X[train], y[train]
-        if train_on_copies:
-            Xt, yt = np.vstack([Xt, X_copy[train]]), np.concatenate([yt, y[train]])
-        model = clone(head).fit(Xt, yt)
-        raw[test] = model.predict_proba(X[test])[:, 1]
+    models, calibrator, threshold, raw = fold_models(head, X, y, folds,
+                                                     X_copy if train_on_copies else None)
+    raw_copy = np.zeros(len(y))
+    for model, (_, test) in zip(models, folds):
         raw_copy[test] = model.predict_proba(X_copy[test])[:, 1]
-    calibrator = PlattCalibrator().fit(raw, y)
-    p, p_copy = calibrator.transform(raw), calibrator.transform(raw_copy)
-    threshold = youden_threshold(y, p)
     Xf, yf = (np.vstack([X, X_copy]), np.concatenate([y, y])) if train_on_copies else (X, y)
     final = clone(head).fit(Xf, yf)
-    return p, p_copy, threshold, lambda Z: calibrator.transform(final.predict_proba(Z)[:, 1])
+    return (calibrator.transform(raw), calibrator.transform(raw_copy), threshold,
+            lambda Z: calibrator.transform(final.predict_proba(Z)[:, 1]))
 
 
 def diagnose(data_root, train, p_oof):
@@ -80,11 +90,14 @@ def diagnose(data_root, train, p_oof):
     return out
 
 
+def headline(metrics):
+    """AUC, accuracy, sensitivity and specificity, rounded for the JSON report."""
+    return {k: round(metrics[k], 4) for k in ("auc", "accuracy", "sensitivity", "specificity")}
+
+
 def summary(y, p, p_copy, threshold):
     cv, copies = binary_metrics(y, p, threshold), binary_metrics(y, p_copy, threshold)
-    return {"cv": {k: round(cv[k], 4) for k in ("auc", "accuracy", "sensitivity", "specificity")},
-            "counter_squashed": {k: round(copies[k], 4)
-                                 for k in ("auc", "accuracy", "sensitivity", "specificity")},
+    return {"cv": headline(cv), "counter_squashed": headline(copies),
             "threshold": round(threshold, 4)}, cv
 
 
@@ -130,8 +143,7 @@ def main(argv=None):
             if args.site_val:
                 sv = binary_metrics(site.labels, score(np.hstack([site_feats[n] for n in parts])),
                                     threshold)
-                results[name]["site_val"] = {k: round(sv[k], 4) for k in
-                                             ("auc", "accuracy", "sensitivity", "specificity")}
+                results[name]["site_val"] = headline(sv)
                 log_row(name + " (aspect_study)", cv, sv)
             print(json.dumps({name: results[name]}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

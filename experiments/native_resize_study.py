@@ -20,27 +20,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import clone
 
 from pipelines.assemble import extract_counter_squash_features, extract_features, make_head
-from pipelines.decision import PlattCalibrator
-from pipelines.metrics import binary_metrics, youden_threshold
+from pipelines.metrics import binary_metrics
 from pipelines.run import default_cache_dir
 from xray_features import index_dataset, make_folds
 from xray_features.preprocess import default_preprocessor
 
-
-def fold_models(head, X, y, folds, X_aug=None):
-    """The fold models, their calibrator and the OOF Youden threshold."""
-    models, raw = [], np.zeros(len(y))
-    for train, test in folds:
-        Xt, yt = X[train], y[train]
-        if X_aug is not None:
-            Xt, yt = np.vstack([Xt, X_aug[train]]), np.concatenate([yt, y[train]])
-        models.append(clone(head).fit(Xt, yt))
-        raw[test] = models[-1].predict_proba(X[test])[:, 1]
-    calibrator = PlattCalibrator().fit(raw, y)
-    return models, calibrator, youden_threshold(y, calibrator.transform(raw))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from aspect_study import fold_models, headline  # noqa: E402
 
 
 def main(argv=None):
@@ -80,16 +68,15 @@ def main(argv=None):
         X_aug = np.hstack([copies[n] for n in parts])
         for augmented in (False, True):
             name = f"{fs}/logreg" + ("-countersquash" if augmented else "")
-            models, calibrator, threshold = fold_models(make_head("logreg"), X, y, folds,
-                                                        X_aug if augmented else None)
+            models, calibrator, threshold, _ = fold_models(make_head("logreg"), X, y, folds,
+                                                           X_aug if augmented else None)
             results[name] = {}
             for view, f in views.items():
                 Xv = np.hstack([f[n] for n in parts])
                 raw = np.array([models[fold_of[r]].predict_proba(Xv[i:i + 1])[0, 1]
                                 for i, r in enumerate(rows)])
                 m = binary_metrics(y[rows], calibrator.transform(raw), threshold)
-                results[name][view] = {k: round(m[k], 4) for k in
-                                       ("auc", "accuracy", "sensitivity", "specificity")}
+                results[name][view] = headline(m)
             print(json.dumps({name: results[name]}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
