@@ -46,6 +46,13 @@ def as_images(X):
     return out
 
 
+def like_input(X, images):
+    """``images`` as a list when ``X`` was a list of 2-D images, else a 3-D array."""
+    if isinstance(X, (list, tuple)) and np.ndim(X[0]) == 2:
+        return images
+    return np.stack(images)
+
+
 def to_uint8(image):
     """[0, 1] float -> uint8, clipping anything outside."""
     scaled = np.clip(image, 0.0, 1.0)

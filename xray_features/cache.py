@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,7 @@ class FileFeatureCache:
         self.extractors = extractors
         self.version = version
 
+    @cached_property
     def _folders(self):
         prep = extractor_digest(self.preprocessor, salt=self.version)
         return {name: _extractor_folder(self.cache_dir, extractor) / f"files-{prep}"
@@ -123,10 +125,10 @@ class FileFeatureCache:
 
     def rows(self, keys):
         return {name: [None if key is None else _load(folder / f"{key}.npy") for key in keys]
-                for name, folder in self._folders().items()}
+                for name, folder in self._folders.items()}
 
     def store(self, name, keys, rows):
-        folder = self._folders()[name]
+        folder = self._folders[name]
         for key, row in zip(keys, rows):
             if key is not None:
                 _save_atomic(folder / f"{key}.npy", row)

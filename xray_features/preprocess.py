@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from ._images import ImageTransformerMixin, as_images, resize_to, to_uint8
+from ._images import ImageTransformerMixin, as_images, like_input, resize_to, to_uint8
 
 __all__ = ["CLAHE", "LungCrop", "Resize", "CropBox", "default_preprocessor"]
 
@@ -44,7 +44,7 @@ class CLAHE(ImageTransformerMixin):
         for image in as_images(X):
             equalised = clahe.apply(to_uint8(image))
             out.append(equalised.astype(np.float32) / np.float32(255.0))
-        return _like_input(X, out)
+        return like_input(X, out)
 
 
 class CropBox(NamedTuple):
@@ -214,10 +214,3 @@ def default_preprocessor(size=224, crop=False, resize_mode="squash"):
         steps.append(("crop", LungCrop()))
     steps.append(("resize", Resize(size=size, mode=resize_mode)))
     return Pipeline(steps)
-
-
-def _like_input(X, images):
-    """A list for a sequence of images, else a 3-D array."""
-    if isinstance(X, (list, tuple)) and np.ndim(X[0]) == 2:
-        return images
-    return np.stack(images)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ._images import ImageTransformerMixin, as_images
-from .preprocess import _like_input
+from ._images import ImageTransformerMixin, as_images, like_input
 
 __all__ = ["laplacian_variance", "EqualizeSharpness"]
 
@@ -49,7 +48,7 @@ class EqualizeSharpness(ImageTransformerMixin):
 
     def transform(self, X):
         out = [self._equalize(np.asarray(image, dtype=np.float32)) for image in as_images(X)]
-        return _like_input(X, out)
+        return like_input(X, out)
 
     def _equalize(self, image):
         if laplacian_variance(image) <= self.target:
