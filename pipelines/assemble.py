@@ -24,7 +24,7 @@ __all__ = ["EXTRACTORS", "HEADS", "parse_feature_sets", "make_extractor", "make_
            "make_feature_union", "make_pipeline", "extract_features",
            "extract_counter_squash_features", "extract_preprocessed"]
 
-# cnn160: the same embedder at 160 px, the fast path (about 2.5x cheaper than 224).
+# cnn160: the same embedder at 160 px, the fast path (see benchmarks/README.md).
 EXTRACTORS = ("hog", "lbp", "cnn", "cnn160")
 HEADS = ("xgb", "logreg")
 
