@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from joblib import Memory
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
@@ -86,7 +87,8 @@ def build_parser():
                         "experiments/aspect_study.py); copies never enter a test fold")
     parser.add_argument("--out", default="runs/latest", help="output folder")
     parser.add_argument("--cache-dir", default=default_cache_dir(),
-                        help="feature cache folder ('none' disables it)")
+                        help="cache folder for features and fitted models: a rerun with "
+                        "the same data and settings reuses both ('none' disables it)")
     parser.add_argument("--n-jobs", type=int, default=-1,
                         help="parallel jobs for feature extraction and for the fold fits "
                         "(-1: all cores)")
@@ -99,6 +101,28 @@ def build_parser():
     parser.add_argument("--no-save", action="store_true", help="do not save fitted models")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def fit_decision(head, seed, folds, threshold_rule, X, y, augment, versions, n_jobs=None):
+    """`DecisionClassifier` over ``head``, fitted on ``X, y`` (and ``augment``).
+
+    A plain function so that `joblib.Memory` can cache it: a rerun with the
+    same features, labels, folds and settings loads the fitted models instead
+    of refitting them. ``versions`` (package and library versions) is only
+    part of the cache key; ``n_jobs`` is not.
+    """
+    clf = DecisionClassifier(make_head(head, seed), cv=folds, n_jobs=n_jobs,
+                             threshold_rule=threshold_rule)
+    return clf.fit(X, y, **augment)
+
+
+def library_versions():
+    import sklearn
+    import xgboost
+
+    from xray_features import __version__
+    return {"xray_features": __version__, "sklearn": sklearn.__version__,
+            "xgboost": xgboost.__version__, "numpy": np.__version__}
 
 
 def load_training_index(data_dir, limit=None, seed=0):
@@ -183,6 +207,10 @@ def main(argv=None):
         eval_features = extract(eval_index.paths, extractors, cache_dir, n_jobs=args.n_jobs,
                                 progress=progress, preprocessor=preprocessor)
 
+    fit, versions = fit_decision, library_versions()
+    if cache_dir is not None:
+        fit = Memory(os.path.join(cache_dir, "fits"), verbose=0).cache(fit_decision,
+                                                                       ignore=["n_jobs"])
     specs = [(f"{fs}/{head}", fs, head) for fs in feature_sets for head in heads]
     specs.append((PROBE, "cnn", "logreg"))
     models, curves_cv, curves_eval, per_fold = {}, {}, {}, []
@@ -208,8 +236,10 @@ def main(argv=None):
         if copies is not None:
             augment = {"X_aug": np.hstack([copies[e] for e in fs.split("+")]), "y_aug": y,
                        "aug_source": np.arange(len(y))}
-        clf = DecisionClassifier(make_head(head, args.seed), cv=folds, n_jobs=args.n_jobs,
-                                 threshold_rule=args.threshold_rule).fit(X, y, **augment)
+        fit_args = (head, args.seed, folds, args.threshold_rule, X, y, augment, versions)
+        if fit is not fit_decision and fit.check_call_in_cache(*fit_args):
+            log("  fitted models found in the cache")
+        clf = fit(*fit_args, n_jobs=args.n_jobs)
         p_eval = None
         if eval_index is not None:
             Xe = np.hstack([eval_features[e] for e in fs.split("+")])

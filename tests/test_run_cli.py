@@ -102,3 +102,21 @@ def test_selection_takes_the_simplest_model_not_significantly_worse():
     oof["hog+cnn/logreg"] = y + rng.normal(0, 1.5, 400)
     models["hog+cnn/logreg"]["cv"]["auc"] = auc(y, oof["hog+cnn/logreg"])
     assert run.select_model(models, oof, y, groups, n_boot=300)[0] == "hog+lbp+cnn/logreg"
+
+
+def test_rerun_loads_fitted_models_from_the_cache(synthetic_data, tmp_path, monkeypatch):
+    argv = ["--data", str(synthetic_data), "--features", "hog", "--heads", "logreg",
+            "--cv", "3", "--n-boot", "30", "--quiet", "--no-save",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert run.main(argv + ["--out", str(tmp_path / "first")]) == 0
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("a rerun with the same data and settings refitted a model")
+    monkeypatch.setattr(run.DecisionClassifier, "fit", no_refit)
+    assert run.main(argv + ["--out", str(tmp_path / "again")]) == 0
+    first, again = (json.loads((tmp_path / d / "metrics.json").read_text())["models"]
+                    for d in ("first", "again"))
+    assert first == again
+    # another seed means other folds: the fits are not in the cache
+    with pytest.raises(AssertionError, match="refitted"):
+        run.main(argv + ["--out", str(tmp_path / "seed1"), "--seed", "1"])
