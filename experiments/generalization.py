@@ -103,15 +103,20 @@ def run_config(name, train, site, folds, cache_dir, progress):
     return cv, sv
 
 
+TABLE_HEADER = ("| when (UTC) | config | CV AUC | CV acc | CV sens | CV spec | threshold "
+                "| site AUC | site acc | site sens | site spec |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
 def log_row(name, cv, sv):
-    new = not LOG.exists()
+    text = LOG.read_text() if LOG.exists() else ""
     with open(LOG, "a") as handle:
-        if new:
+        if not text:
             handle.write("# Every configuration evaluated on site_val\n\n"
-                         "Appended by `python experiments/generalization.py`; one row per look.\n\n"
-                         "| when (UTC) | config | CV AUC | CV acc | CV sens | CV spec | threshold "
-                         "| site AUC | site acc | site sens | site spec |\n"
-                         "|---|---|---|---|---|---|---|---|---|---|---|\n")
+                         "Appended by `python experiments/generalization.py`; one row per look.\n")
+        lines = text.rstrip().splitlines()
+        if not lines or not lines[-1].startswith("|"):  # prose last: open a new table
+            handle.write("\n" + TABLE_HEADER)
         when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
         handle.write(f"| {when} | {name} | {cv['auc']:.4f} | {cv['accuracy']:.3f} | "
                      f"{cv['sensitivity']:.3f} | {cv['specificity']:.3f} | {cv['threshold']:.3f} | "

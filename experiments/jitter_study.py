@@ -1,0 +1,135 @@
+"""Aspect jitter: does label-independent stretching add to counter-squash?
+
+    python experiments/jitter_study.py                # CV and stress tests (train/ only)
+    python experiments/jitter_study.py --site-val     # also one site_val look per model, logged
+
+Counter-squash copies (`aspect_study.py`) move each class's distortion onto
+the other class at one fixed factor. Jitter copies stretch every image, of
+either class, by a factor drawn from a few levels between 1/F and F (F = the
+NORMAL/PNEUMONIA aspect ratio of the originals), so no particular distortion
+goes with a label. Each configuration trains hog+cnn/logreg on the originals
+plus its copies (copies of training-fold images only) and is stress-tested
+out of fold on the counter-squash and on the jitter copies of its test folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.pipeline import Pipeline
+
+from pipelines.assemble import extract_counter_squash_features, extract_features, make_head
+from pipelines.decision import PlattCalibrator
+from pipelines.metrics import binary_metrics, youden_threshold
+from pipelines.run import default_cache_dir
+from xray_features import index_dataset, make_folds
+from xray_features.augment import NORMAL_TO_PNEUMONIA_ASPECT, Stretch
+from xray_features.preprocess import default_preprocessor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from aspect_study import headline  # noqa: E402
+from generalization import log_row  # noqa: E402
+
+# aspect changes, as powers of F: <0 widens the content, >0 narrows it
+JITTER_LEVELS = (-1.0, -0.5, 0.5, 1.0)
+
+
+def jitter_stretch(level, factor=NORMAL_TO_PNEUMONIA_ASPECT):
+    """Zoom by ``factor`` on both axes (crops all four sides, like
+    counter-squash), then change the aspect by ``factor ** level``."""
+    change = factor ** level
+    return Stretch(vertical=factor * max(change, 1.0), horizontal=factor * max(1 / change, 1.0))
+
+
+def jitter_features(paths, names, cache_dir, preprocessor, seed=0):
+    """One jitter copy per image, its level drawn by ``seed``; features in input order."""
+    levels = np.random.default_rng(seed).integers(len(JITTER_LEVELS), size=len(paths))
+    out = {}
+    for k, level in enumerate(JITTER_LEVELS):
+        index = np.flatnonzero(levels == k)
+        stretched = Pipeline([("stretch", jitter_stretch(level)),
+                              ("preprocess", clone(preprocessor))])
+        part = extract_features([paths[i] for i in index], names, cache_dir,
+                                preprocessor=stretched)
+        for name, rows in part.items():
+            out.setdefault(name, np.empty((len(paths), rows.shape[1]), np.float32))[index] = rows
+    return out
+
+
+def cross_fit(head, X, y, folds, copies, stress):
+    """Out-of-fold calibrated scores of the originals and of each ``stress``
+    copy set, the OOF Youden threshold, and a scorer refitted on all rows."""
+    models, raw = [], np.zeros(len(y))
+    for train, test in folds:
+        Xt = np.vstack([X[train]] + [C[train] for C in copies])
+        yt = np.concatenate([y[train]] * (1 + len(copies)))
+        models.append(clone(head).fit(Xt, yt))
+        raw[test] = models[-1].predict_proba(X[test])[:, 1]
+    calibrator = PlattCalibrator().fit(raw, y)
+    stressed = {}
+    for name, C in stress.items():
+        stressed[name] = np.zeros(len(y))
+        for model, (_, test) in zip(models, folds):
+            stressed[name][test] = model.predict_proba(C[test])[:, 1]
+        stressed[name] = calibrator.transform(stressed[name])
+    final = clone(head).fit(np.vstack([X] + copies), np.concatenate([y] * (1 + len(copies))))
+    p = calibrator.transform(raw)
+    return p, stressed, youden_threshold(y, p), lambda Z: calibrator.transform(
+        final.predict_proba(Z)[:, 1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=os.environ.get("XRAY_DATA", "../shared/data/kermany"))
+    parser.add_argument("--features", default="hog+cnn")
+    parser.add_argument("--site-val", action="store_true",
+                        help="score site_val once per model and log it (experiments/site_val_log.md)")
+    parser.add_argument("--cache-dir", default=default_cache_dir())
+    parser.add_argument("--out", type=Path, default=Path("runs/jitter_study.json"))
+    args = parser.parse_args(argv)
+
+    index = index_dataset(args.data)
+    train, site = index.subset("train"), index.subset("site_val")
+    y = train.labels
+    folds = make_folds(y, train.groups, n_splits=5, seed=0)
+    names = args.features.split("+")
+    pre = default_preprocessor()
+    feats = extract_features(train.paths, names, args.cache_dir, preprocessor=pre)
+    counter = extract_counter_squash_features(train.paths, y, names, args.cache_dir,
+                                              preprocessor=pre)
+    jitter = jitter_features(train.paths, names, args.cache_dir, pre)
+    stack = lambda f: np.hstack([f[n] for n in names])  # noqa: E731
+    X, X_counter, X_jitter = stack(feats), stack(counter), stack(jitter)
+    X_site = stack(extract_features(site.paths, names, args.cache_dir, preprocessor=pre)) \
+        if args.site_val else None
+
+    configs = {"countersquash": [X_counter], "jitter": [X_jitter],
+               "countersquash+jitter": [X_counter, X_jitter]}
+    results = {}
+    for config, copies in configs.items():
+        name = f"{args.features}/logreg-{config}"
+        p, stressed, threshold, score = cross_fit(
+            make_head("logreg"), X, y, folds, copies,
+            {"counter_squashed": X_counter, "jittered": X_jitter})
+        cv = binary_metrics(y, p, threshold)
+        results[name] = {"cv": headline(cv), "threshold": round(threshold, 4),
+                         **{k: headline(binary_metrics(y, s, threshold))
+                            for k, s in stressed.items()}}
+        if args.site_val and config != "countersquash":  # that one is logged already
+            sv = binary_metrics(site.labels, score(X_site), threshold)
+            results[name]["site_val"] = headline(sv)
+            log_row(name + " (jitter_study)", cv, sv)
+        print(json.dumps({name: results[name]}), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
