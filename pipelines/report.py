@@ -1,10 +1,13 @@
-"""Write a comparison report: metrics.json, report.md, report.html and plots."""
+"""Write a comparison report: metrics.json, report.md, report.html, plots and
+per-image predictions."""
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import json
+import io
 import math
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from .persist import atomic_write_bytes  # noqa: E402
 
-__all__ = ["write_report", "plot_roc", "plot_confusions", "plot_calibration"]
+__all__ = ["write_report", "write_predictions", "plot_roc", "plot_confusions", "plot_calibration"]
 
 _SHOWN = ("auc", "accuracy", "sensitivity", "specificity", "f1", "brier")
 
@@ -181,3 +184,16 @@ def write_report(out_dir, results, curves):
     atomic_write_bytes(out_dir / "metrics.json", json.dumps(results, indent=2).encode())
     atomic_write_bytes(out_dir / "report.md", _markdown(results, tables, plots).encode())
     atomic_write_bytes(out_dir / "report.html", _html(results, tables, plots).encode())
+
+
+def write_predictions(path, index, probas, fold=None):
+    """One row per image of ``index``: path, label, patient, fold (if given) and
+    each model's calibrated probability (``probas``: {model: array})."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", "patient"] + (["fold"] if fold is not None else [])
+                    + list(probas))
+    for i, (image, label, patient) in enumerate(zip(index.paths, index.labels, index.groups)):
+        writer.writerow([image, int(label), patient] + ([int(fold[i])] if fold is not None else [])
+                        + [repr(float(p[i])) for p in probas.values()])
+    atomic_write_bytes(Path(path), buffer.getvalue().encode())

@@ -36,7 +36,7 @@ from .baselines import finetuned_baselines
 from .decision import DecisionClassifier
 from .metrics import auc, binary_metrics, bootstrap_ci, delong_test, paired_bootstrap_auc
 from .persist import save_model
-from .report import write_report
+from .report import write_predictions, write_report
 
 PROBE = "baseline/cnn-probe"
 
@@ -54,7 +54,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.run",
         description=__doc__.split("\n\n")[0] + ". Writes metrics.json, report.md, "
-        "report.html, ROC / confusion / calibration plots and the fitted models to --out.",
+        "report.html, ROC / confusion / calibration plots, per-image predictions "
+        "(predictions_cv.csv, out of fold; predictions_eval.csv) and the fitted models to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--features", default="hog,cnn,hog+cnn",
@@ -300,6 +301,12 @@ def main(argv=None):
         curves["eval"] = (eval_index.labels, curves_eval)
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_report(out, results, curves)
+    fold_of = np.empty(len(y), dtype=int)
+    for k, (_, test) in enumerate(folds):
+        fold_of[test] = k
+    write_predictions(out / "predictions_cv.csv", train, curves_cv, fold=fold_of)
+    if eval_index is not None:
+        write_predictions(out / "predictions_eval.csv", eval_index, curves_eval)
     print(_console_table(models))
     print(summary)
     print(f"report: {out / 'report.html'}  ({results['wall_time_s']} s)")

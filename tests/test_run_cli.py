@@ -120,3 +120,24 @@ def test_rerun_loads_fitted_models_from_the_cache(synthetic_data, tmp_path, monk
     # another seed means other folds: the fits are not in the cache
     with pytest.raises(AssertionError, match="refitted"):
         run.main(argv + ["--out", str(tmp_path / "seed1"), "--seed", "1"])
+
+
+def test_prediction_tables_reproduce_the_reported_metrics(trained_run, synthetic_data):
+    import csv
+    results = json.loads((trained_run / "metrics.json").read_text())
+    for part, n in (("cv", 30), ("eval", 12)):
+        with open(trained_run / f"predictions_{part}.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) == n and len({r["path"] for r in rows}) == n
+        y = np.array([int(r["label"]) for r in rows])
+        for name, model in results["models"].items():
+            p = np.array([float(r[name]) for r in rows])
+            assert auc(y, p) == pytest.approx(model[part]["auc"]), (part, name)
+            predicted = p >= model[part]["threshold"]
+            assert np.mean(predicted == y) == pytest.approx(model[part]["accuracy"])
+    with open(trained_run / "predictions_cv.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    folds = {}
+    for r in rows:  # a patient's images share one fold
+        assert folds.setdefault(r["patient"], r["fold"]) == r["fold"]
+    assert sorted(set(folds.values())) == ["0", "1", "2"]
