@@ -17,9 +17,7 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import os
 import sys
 from pathlib import Path
@@ -31,12 +29,10 @@ from sklearn.base import clone
 from pipelines.assemble import extract_counter_squash_features, extract_features, make_head
 from pipelines.decision import PlattCalibrator
 from pipelines.metrics import auc, binary_metrics, youden_threshold
-from pipelines.run import default_cache_dir
-from xray_features import index_dataset, make_folds
 from xray_features.preprocess import default_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generalization import log_row  # noqa: E402
+from studies import Results, headline, log_row, study_parser, train_site_folds  # noqa: E402
 
 NATIVE = "kermany-native-subset/MANIFEST.csv"
 
@@ -90,11 +86,6 @@ def diagnose(data_root, train, p_oof):
     return out
 
 
-def headline(metrics):
-    """AUC, accuracy, sensitivity and specificity, rounded for the JSON report."""
-    return {k: round(metrics[k], 4) for k in ("auc", "accuracy", "sensitivity", "specificity")}
-
-
 def summary(y, p, p_copy, threshold):
     cv, copies = binary_metrics(y, p, threshold), binary_metrics(y, p_copy, threshold)
     return {"cv": headline(cv), "counter_squashed": headline(copies),
@@ -102,22 +93,15 @@ def summary(y, p, p_copy, threshold):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.environ.get("XRAY_DATA", "../shared/data/kermany"))
+    parser = study_parser(__doc__, out="runs/aspect_study.json")
     parser.add_argument("--features", default="cnn,hog+cnn")
-    parser.add_argument("--site-val", action="store_true",
-                        help="score site_val once per model and log it (experiments/site_val_log.md)")
     parser.add_argument("--lung-crop", action="store_true",
                         help="preprocess with LungCrop and a squashing resize, so every lung "
                         "box becomes a square (normalises the distortion)")
-    parser.add_argument("--cache-dir", default=default_cache_dir())
-    parser.add_argument("--out", type=Path, default=Path("runs/aspect_study.json"))
     args = parser.parse_args(argv)
 
-    index = index_dataset(args.data)
-    train, site = index.subset("train"), index.subset("site_val")
+    train, site, folds = train_site_folds(args.data)
     y = train.labels
-    folds = make_folds(y, train.groups, n_splits=5, seed=0)
     names = sorted({n for fs in args.features.split(",") for n in fs.split("+")})
     pre = (default_preprocessor(crop=True, resize_mode="squash") if args.lung_crop
            else default_preprocessor())
@@ -128,7 +112,7 @@ def main(argv=None):
     site_feats = (extract_features(site.paths, names, args.cache_dir, preprocessor=pre)
                   if args.site_val else None)
 
-    results = {}
+    results = Results()
     for fs in args.features.split(","):
         parts = fs.split("+")
         X = np.hstack([feats[n] for n in parts])
@@ -137,17 +121,16 @@ def main(argv=None):
             name = f"{fs}/logreg{tag}" + ("-countersquash" if augmented else "")
             p, p_copy, threshold, score = cross_fit(make_head("logreg"), X, X_copy, y, folds,
                                                     augmented)
-            results[name], cv = summary(y, p, p_copy, threshold)
+            result, cv = summary(y, p, p_copy, threshold)
             if fs == "hog+cnn":
-                results[name]["diagnosis"] = diagnose(args.data, train, p)
+                result["diagnosis"] = diagnose(args.data, train, p)
             if args.site_val:
                 sv = binary_metrics(site.labels, score(np.hstack([site_feats[n] for n in parts])),
                                     threshold)
-                results[name]["site_val"] = headline(sv)
+                result["site_val"] = headline(sv)
                 log_row(name + " (aspect_study)", cv, sv)
-            print(json.dumps({name: results[name]}), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+            results.add(name, result)
+    results.save(args.out)
     return 0
 
 

@@ -11,12 +11,8 @@ or to choose hyper-parameters inside a configuration).
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -27,13 +23,10 @@ from sklearn.preprocessing import StandardScaler
 from pipelines.assemble import extract_features, make_head
 from pipelines.decision import DecisionClassifier
 from pipelines.metrics import binary_metrics
-from pipelines.run import default_cache_dir
-from xray_features import index_dataset, make_folds
+from studies import headline, log_row, study_parser, train_site_folds
 from xray_features.preprocess import CLAHE, LungCrop, Resize
 from xray_features.sharpness import EqualizeSharpness
 from xray_features.texture import HOGFeatures
-
-LOG = Path(__file__).resolve().parent / "site_val_log.md"
 
 
 def logreg(C=0.01, class_weight=None):
@@ -103,46 +96,18 @@ def run_config(name, train, site, folds, cache_dir, progress):
     return cv, sv
 
 
-TABLE_HEADER = ("| when (UTC) | config | CV AUC | CV acc | CV sens | CV spec | threshold "
-                "| site AUC | site acc | site sens | site spec |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|\n")
-
-
-def log_row(name, cv, sv):
-    text = LOG.read_text() if LOG.exists() else ""
-    with open(LOG, "a") as handle:
-        if not text:
-            handle.write("# Every configuration evaluated on site_val\n\n"
-                         "Appended by `python experiments/generalization.py`; one row per look.\n")
-        lines = text.rstrip().splitlines()
-        if not lines or not lines[-1].startswith("|"):  # prose last: open a new table
-            handle.write("\n" + TABLE_HEADER)
-        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-        handle.write(f"| {when} | {name} | {cv['auc']:.4f} | {cv['accuracy']:.3f} | "
-                     f"{cv['sensitivity']:.3f} | {cv['specificity']:.3f} | {cv['threshold']:.3f} | "
-                     f"{sv['auc']:.4f} | {sv['accuracy']:.3f} | {sv['sensitivity']:.3f} | "
-                     f"{sv['specificity']:.3f} |\n")
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.environ.get("XRAY_DATA", "../shared/data/kermany"))
+    parser = study_parser(__doc__, site_val=False)
     parser.add_argument("--config", default="all",
                         help="comma-separated names, or 'all': " + ", ".join(CONFIGS))
-    parser.add_argument("--cache-dir", default=default_cache_dir())
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     names = list(CONFIGS) if args.config == "all" else args.config.split(",")
-    index = index_dataset(args.data)
-    train, site = index.subset("train"), index.subset("site_val")
-    folds = make_folds(train.labels, train.groups, n_splits=5, seed=0)
+    train, site, folds = train_site_folds(args.data)
     for name in names:
         cv, sv = run_config(name, train, site, folds, args.cache_dir, not args.quiet)
         log_row(name, cv, sv)
-        print(json.dumps({"config": name, "cv": {k: round(cv[k], 4) for k in
-                                                  ("auc", "accuracy", "sensitivity", "specificity")},
-                          "site_val": {k: round(sv[k], 4) for k in
-                                       ("auc", "accuracy", "sensitivity", "specificity")},
+        print(json.dumps({"config": name, "cv": headline(cv), "site_val": headline(sv),
                           "threshold": round(cv["threshold"], 4)}), flush=True)
     return 0
 

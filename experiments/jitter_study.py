@@ -14,9 +14,6 @@ out of fold on the counter-squash and on the jitter copies of its test folds.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,14 +24,11 @@ from sklearn.pipeline import Pipeline
 from pipelines.assemble import extract_counter_squash_features, extract_features, make_head
 from pipelines.decision import PlattCalibrator
 from pipelines.metrics import binary_metrics, youden_threshold
-from pipelines.run import default_cache_dir
-from xray_features import index_dataset, make_folds
 from xray_features.augment import NORMAL_TO_PNEUMONIA_ASPECT, Stretch
 from xray_features.preprocess import default_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aspect_study import headline  # noqa: E402
-from generalization import log_row  # noqa: E402
+from studies import Results, headline, log_row, study_parser, train_site_folds  # noqa: E402
 
 # aspect changes, as powers of F: <0 widens the content, >0 narrows it
 JITTER_LEVELS = (-1.0, -0.5, 0.5, 1.0)
@@ -85,19 +79,12 @@ def cross_fit(head, X, y, folds, copies, stress):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.environ.get("XRAY_DATA", "../shared/data/kermany"))
+    parser = study_parser(__doc__, out="runs/jitter_study.json")
     parser.add_argument("--features", default="hog+cnn")
-    parser.add_argument("--site-val", action="store_true",
-                        help="score site_val once per model and log it (experiments/site_val_log.md)")
-    parser.add_argument("--cache-dir", default=default_cache_dir())
-    parser.add_argument("--out", type=Path, default=Path("runs/jitter_study.json"))
     args = parser.parse_args(argv)
 
-    index = index_dataset(args.data)
-    train, site = index.subset("train"), index.subset("site_val")
+    train, site, folds = train_site_folds(args.data)
     y = train.labels
-    folds = make_folds(y, train.groups, n_splits=5, seed=0)
     names = args.features.split("+")
     pre = default_preprocessor()
     feats = extract_features(train.paths, names, args.cache_dir, preprocessor=pre)
@@ -111,23 +98,21 @@ def main(argv=None):
 
     configs = {"countersquash": [X_counter], "jitter": [X_jitter],
                "countersquash+jitter": [X_counter, X_jitter]}
-    results = {}
+    results = Results()
     for config, copies in configs.items():
         name = f"{args.features}/logreg-{config}"
         p, stressed, threshold, score = cross_fit(
             make_head("logreg"), X, y, folds, copies,
             {"counter_squashed": X_counter, "jittered": X_jitter})
         cv = binary_metrics(y, p, threshold)
-        results[name] = {"cv": headline(cv), "threshold": round(threshold, 4),
-                         **{k: headline(binary_metrics(y, s, threshold))
-                            for k, s in stressed.items()}}
+        result = {"cv": headline(cv), "threshold": round(threshold, 4),
+                  **{k: headline(binary_metrics(y, s, threshold)) for k, s in stressed.items()}}
         if args.site_val and config != "countersquash":  # that one is logged already
             sv = binary_metrics(site.labels, score(X_site), threshold)
-            results[name]["site_val"] = headline(sv)
+            result["site_val"] = headline(sv)
             log_row(name + " (jitter_study)", cv, sv)
-        print(json.dumps({name: results[name]}), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+        results.add(name, result)
+    results.save(args.out)
     return 0
 
 

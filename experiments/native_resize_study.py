@@ -13,8 +13,6 @@ trained on), the native image resized with ``Resize(mode="pad")``, and with
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,28 +21,24 @@ import numpy as np
 
 from pipelines.assemble import extract_counter_squash_features, extract_features, make_head
 from pipelines.metrics import binary_metrics
-from pipelines.run import default_cache_dir
-from xray_features import index_dataset, make_folds
+from xray_features import index_dataset
 from xray_features.preprocess import default_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aspect_study import fold_models, headline  # noqa: E402
+from aspect_study import fold_models  # noqa: E402
+from studies import Results, headline, study_parser, train_site_folds  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.environ.get("XRAY_DATA", "../shared/data/kermany"))
+    parser = study_parser(__doc__, out="runs/native_resize_study.json", site_val=False)
     parser.add_argument("--native", default=None,
                         help="default: kermany-native-subset beside --data")
     parser.add_argument("--features", default="cnn,hog+cnn")
-    parser.add_argument("--cache-dir", default=default_cache_dir())
-    parser.add_argument("--out", type=Path, default=Path("runs/native_resize_study.json"))
     args = parser.parse_args(argv)
     native_root = Path(args.native or Path(args.data).parent / "kermany-native-subset")
 
-    train = index_dataset(args.data).subset("train")
+    train, _, folds = train_site_folds(args.data)
     y = train.labels
-    folds = make_folds(y, train.groups, n_splits=5, seed=0)
     fold_of = np.empty(len(y), int)
     for k, (_, test) in enumerate(folds):
         fold_of[test] = k
@@ -61,7 +55,7 @@ def main(argv=None):
         views[f"native-{mode}"] = extract_features(
             native.paths, names, args.cache_dir, preprocessor=default_preprocessor(resize_mode=mode))
 
-    results = {}
+    results = Results()
     for fs in args.features.split(","):
         parts = fs.split("+")
         X = np.hstack([feats[n] for n in parts])
@@ -70,16 +64,15 @@ def main(argv=None):
             name = f"{fs}/logreg" + ("-countersquash" if augmented else "")
             models, calibrator, threshold, _ = fold_models(make_head("logreg"), X, y, folds,
                                                            X_aug if augmented else None)
-            results[name] = {}
+            result = {}
             for view, f in views.items():
                 Xv = np.hstack([f[n] for n in parts])
                 raw = np.array([models[fold_of[r]].predict_proba(Xv[i:i + 1])[0, 1]
                                 for i, r in enumerate(rows)])
                 m = binary_metrics(y[rows], calibrator.transform(raw), threshold)
-                results[name][view] = headline(m)
-            print(json.dumps({name: results[name]}), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+                result[view] = headline(m)
+            results.add(name, result)
+    results.save(args.out)
     return 0
 
 
