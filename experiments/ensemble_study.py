@@ -1,0 +1,76 @@
+"""Ensembles of models already cross-validated by `pipelines.run`.
+
+    python -m pipelines.run --features hog+cnn --eval-dir ../shared/data/kermany/site_val \\
+        --out runs/hogcnn_preds --no-save
+    python experiments/ensemble_study.py runs/hogcnn_preds            # CV only
+    python experiments/ensemble_study.py runs/hogcnn_preds --site-val # + one logged look each
+
+An ensemble averages its members' calibrated logits, image by image: out of
+fold on train/ (every member's out-of-fold predictions come from the same
+patient-grouped folds) and on the evaluation set. Its threshold is the Youden
+threshold of its out-of-fold average. The members were fixed before any look.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from studies import Results, headline, log_row, study_parser  # noqa: E402
+
+ENSEMBLES = {
+    "heads": ["hog+cnn/logreg", "hog+cnn/xgb"],
+    "hybrid+scratch-cnn": ["hog+cnn/logreg", "baseline/cnn_small64_noaug"],
+    "heads+scratch-cnn": ["hog+cnn/logreg", "hog+cnn/xgb", "baseline/cnn_small64_noaug"],
+}
+REFERENCE = "hog+cnn/logreg"
+
+
+def read_predictions(path):
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle))
+    columns = [c for c in rows[0] if c not in ("path", "label", "patient", "fold")]
+    return (np.array([int(r["label"]) for r in rows]), np.array([r["patient"] for r in rows]),
+            {c: np.array([float(r[c]) for r in rows]) for c in columns})
+
+
+def mean_logit(probas):
+    p = np.clip(np.stack(probas), 1e-6, 1 - 1e-6)
+    return 1 / (1 + np.exp(-np.mean(np.log(p / (1 - p)), axis=0)))
+
+
+def main(argv=None):
+    parser = study_parser(__doc__, out="runs/ensemble_study.json")
+    parser.add_argument("run", type=Path, help="a pipelines.run --out folder; with --site-val, "
+                        "its predictions_eval.csv must be of site_val")
+    args = parser.parse_args(argv)
+
+    y, groups, oof = read_predictions(args.run / "predictions_cv.csv")
+    if args.site_val:
+        y_site, _, site = read_predictions(args.run / "predictions_eval.csv")
+    results = Results()
+    for name, members in ENSEMBLES.items():
+        p = mean_logit([oof[m] for m in members])
+        threshold = youden_threshold(y, p)
+        cv = binary_metrics(y, p, threshold)
+        test = paired_bootstrap_auc(y, p, oof[REFERENCE], groups, n_boot=1000, seed=0)
+        result = {"members": members, "cv": headline(cv), "threshold": round(threshold, 4),
+                  f"cv_auc_minus_{REFERENCE}": {"diff": round(test["diff"], 4),
+                                                "ci": [round(c, 4) for c in test["ci"]]}}
+        if args.site_val:
+            sv = binary_metrics(y_site, mean_logit([site[m] for m in members]), threshold)
+            result["site_val"] = headline(sv)
+            log_row(f"ensemble {name} (ensemble_study)", cv, sv)
+        results.add(name, result)
+    results.save(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
