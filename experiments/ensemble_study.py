@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.baselines import OOF_DIR, read_oof
 from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,6 +29,8 @@ ENSEMBLES = {
     "heads": ["hog+cnn/logreg", "hog+cnn/xgb"],
     "hybrid+scratch-cnn": ["hog+cnn/logreg", "baseline/cnn_small64_noaug"],
     "heads+scratch-cnn": ["hog+cnn/logreg", "hog+cnn/xgb", "baseline/cnn_small64_noaug"],
+    # fixed before its folds finished training
+    "hybrid+finetuned-lite0": ["hog+cnn/logreg", "baseline/cnn_lite0_128_aug_e3"],
 }
 REFERENCE = "hog+cnn/logreg"
 
@@ -36,8 +39,18 @@ def read_predictions(path):
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
     columns = [c for c in rows[0] if c not in ("path", "label", "patient", "fold")]
-    return (np.array([int(r["label"]) for r in rows]), np.array([r["patient"] for r in rows]),
+    return ([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
+            np.array([r["patient"] for r in rows]),
             {c: np.array([float(r[c]) for r in rows]) for c in columns})
+
+
+def saved_site_scores(member, paths):
+    """A fine-tuned CNN baseline's site_val scores from ``experiments/oof/site_val/``
+    (written by train_cnn.py), for runs without its packaged ONNX."""
+    key = lambda path: tuple(Path(path).parts[-2:])  # noqa: E731  (label folder, file)
+    table = {key(p): proba for p, (_, _, proba) in
+             read_oof(OOF_DIR / "site_val" / f"{member.split('/', 1)[1]}.csv").items()}
+    return np.array([table[key(p)] for p in paths])
 
 
 def mean_logit(probas):
@@ -49,13 +62,15 @@ def main(argv=None):
     parser = study_parser(__doc__, out="runs/ensemble_study.json")
     parser.add_argument("run", type=Path, help="a pipelines.run --out folder; with --site-val, "
                         "its predictions_eval.csv must be of site_val")
+    parser.add_argument("--ensembles", default=",".join(ENSEMBLES), help=", ".join(ENSEMBLES))
     args = parser.parse_args(argv)
 
-    y, groups, oof = read_predictions(args.run / "predictions_cv.csv")
+    _, y, groups, oof = read_predictions(args.run / "predictions_cv.csv")
     if args.site_val:
-        y_site, _, site = read_predictions(args.run / "predictions_eval.csv")
+        site_paths, y_site, _, site = read_predictions(args.run / "predictions_eval.csv")
     results = Results()
-    for name, members in ENSEMBLES.items():
+    for name in args.ensembles.split(","):
+        members = ENSEMBLES[name]
         p = mean_logit([oof[m] for m in members])
         threshold = youden_threshold(y, p)
         cv = binary_metrics(y, p, threshold)
@@ -64,7 +79,8 @@ def main(argv=None):
                   f"cv_auc_minus_{REFERENCE}": {"diff": round(test["diff"], 4),
                                                 "ci": [round(c, 4) for c in test["ci"]]}}
         if args.site_val:
-            sv = binary_metrics(y_site, mean_logit([site[m] for m in members]), threshold)
+            scores = [site[m] if m in site else saved_site_scores(m, site_paths) for m in members]
+            sv = binary_metrics(y_site, mean_logit(scores), threshold)
             result["site_val"] = headline(sv)
             log_row(f"ensemble {name} (ensemble_study)", cv, sv)
         results.add(name, result)

@@ -21,11 +21,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import FeatureUnion, Pipeline
 
-from xray_features.cnn import OnnxEmbedder
+from xray_features.cnn import OnnxEmbedder, onnx_session
 from xray_features.io import ReadImages
 from xray_features.preprocess import CLAHE, LungCrop, Resize
 from xray_features.texture import HOGFeatures, LBPFeatures
@@ -83,14 +82,7 @@ class OnnxHead(ClassifierMixin, BaseEstimator):
                                   "and export it again")
 
     def _session(self):
-        if getattr(self, "_sess", None) is None:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = int(self.n_threads)
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3
-            self._sess = ort.InferenceSession(str(self.path), options,
-                                              providers=["CPUExecutionProvider"])
-        return self._sess
+        return onnx_session(self.path, self.n_threads)
 
     def raw_proba(self, X):
         """Uncalibrated P(pneumonia) from the head, float64."""
@@ -107,11 +99,6 @@ class OnnxHead(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         return (self.predict_proba(X)[:, 1] >= self.threshold).astype(int)
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_sess", None)
-        return state
 
 
 def is_export_dir(path):

@@ -25,7 +25,7 @@ from ._images import ImageTransformerMixin, as_images
 from .hashing import file_sha256
 
 __all__ = [
-    "MODELS_DIR", "PACKAGED_SHA256", "ModelIntegrityError", "file_sha256",
+    "MODELS_DIR", "PACKAGED_SHA256", "ModelIntegrityError", "file_sha256", "onnx_session",
     "OnnxEmbedder", "OnnxCNNClassifier", "prepare_batch",
 ]
 
@@ -79,6 +79,17 @@ def _open_session(path, mtime_ns, size, expected_sha256, n_threads):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def onnx_session(path, n_threads=1, expected_sha256=None):
+    """The process-wide onnxruntime session of the ONNX file at ``path``
+    (sha256-checked first when ``expected_sha256`` is given)."""
+    path = Path(os.fspath(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    stat = path.stat()
+    return _open_session(str(path.resolve()), stat.st_mtime_ns, stat.st_size,
+                         expected_sha256, int(n_threads))
+
+
 class _OnnxModelMixin:
     """Lazy, integrity-checked onnxruntime session, shared per process.
 
@@ -106,11 +117,7 @@ class _OnnxModelMixin:
     def _get_session(self):
         """The process-wide session for the current params (see `_open_session`)."""
         path = self._resolved_path()
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {path}")
-        stat = path.stat()
-        return _open_session(str(path.resolve()), stat.st_mtime_ns, stat.st_size,
-                             self._expected_hash(path), int(self.n_threads))
+        return onnx_session(path, self.n_threads, self._expected_hash(path))
 
     def _input_geometry(self, session, image_size):
         """(channels, size) of the ``image`` input; ``image_size`` overrides a dynamic size."""
