@@ -1,0 +1,61 @@
+"""The pure-CNN baselines side by side: AUC with 95 % CIs and paired differences.
+
+    python experiments/compare_baselines.py                      # against small64_noaug
+    python experiments/compare_baselines.py --reference cnn_lite0_128_aug_e3
+
+Reads the prediction tables `train_cnn.py` wrote and that were copied to
+`experiments/oof/` (out-of-fold on train/) and `experiments/oof/site_val/`
+(the final model on site_val). CIs and differences come from a patient-level
+bootstrap (1,000 resamples), paired between runs on the same images.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.baselines import OOF_DIR, read_oof
+from pipelines.metrics import auc, bootstrap_ci, paired_bootstrap_auc
+from xray_features import index_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from studies import Results, study_parser  # noqa: E402
+
+
+def load(table_path, patient_of, order=None):
+    """(paths, labels, patients, probabilities) of one table, in ``order`` if given."""
+    table = read_oof(table_path)
+    paths = order if order is not None else sorted(table)
+    y = np.array([table[p][0] for p in paths])
+    proba = np.array([table[p][2] for p in paths])
+    return paths, y, np.array([patient_of[p] for p in paths]), proba
+
+
+def main(argv=None):
+    parser = study_parser(__doc__, out="runs/compare_baselines.json", site_val=False)
+    parser.add_argument("--reference", default="cnn_small64_noaug")
+    args = parser.parse_args(argv)
+    index = index_dataset(args.data)
+    patient_of = {os.path.relpath(r.path, index.root): g for r, g in zip(index.records, index.groups)}
+    results = Results()
+    for part, folder in (("cv", OOF_DIR), ("site_val", OOF_DIR / "site_val")):
+        reference = folder / f"{args.reference}.csv"
+        paths, y, patients, p_ref = load(reference, patient_of)
+        for table in sorted(folder.glob("cnn_*.csv")):
+            _, _, _, p = load(table, patient_of, paths)
+            row = {"auc": round(auc(y, p), 4),
+                   "ci": [round(c, 4) for c in bootstrap_ci(y, p, patients)["auc"]], "n": len(y)}
+            if table != reference:
+                test = paired_bootstrap_auc(y, p, p_ref, patients, n_boot=1000, seed=0)
+                row[f"minus_{args.reference}"] = {"diff": round(test["diff"], 4),
+                                                  "ci": [round(c, 4) for c in test["ci"]]}
+            results.add(f"{part}/{table.stem}", row)
+    results.save(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
