@@ -32,7 +32,7 @@ from pipelines.metrics import auc, binary_metrics, youden_threshold
 from xray_features.preprocess import default_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import Results, headline, log_row, study_parser, train_site_folds  # noqa: E402
+from studies import Results, headline, site_val_look, study_parser, train_site_folds  # noqa: E402
 
 NATIVE = "kermany-native-subset/MANIFEST.csv"
 
@@ -125,10 +125,8 @@ def main(argv=None):
             if fs == "hog+cnn":
                 result["diagnosis"] = diagnose(args.data, train, p)
             if args.site_val:
-                sv = binary_metrics(site.labels, score(np.hstack([site_feats[n] for n in parts])),
-                                    threshold)
-                result["site_val"] = headline(sv)
-                log_row(name + " (aspect_study)", cv, sv)
+                site_val_look(result, name + " (aspect_study)", cv, site.labels,
+                              score(np.hstack([site_feats[n] for n in parts])), threshold)
             results.add(name, result)
     results.save(args.out)
     return 0

@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.assemble import extract_counter_squash_features, extract_features, make_head
-from pipelines.metrics import binary_metrics
 from xray_features.cnn import OnnxEmbedder
 from xray_features.preprocess import default_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aspect_study import cross_fit, summary  # noqa: E402
-from studies import Results, headline, log_row, study_parser, train_site_folds  # noqa: E402
+from studies import Results, site_val_look, study_parser, train_site_folds  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 VARIANTS = {
@@ -61,10 +60,8 @@ def main(argv=None):
                                                     train_on_copies=True)
             result, cv = summary(y, p, p_copy, threshold)
             if args.site_val:
-                sv = binary_metrics(site.labels,
-                                    score(np.hstack([site_feats[n] for n in parts])), threshold)
-                result["site_val"] = headline(sv)
-                log_row(name + " (embedder_study)", cv, sv)
+                site_val_look(result, name + " (embedder_study)", cv, site.labels,
+                              score(np.hstack([site_feats[n] for n in parts])), threshold)
             results.add(name, result)
     results.save(args.out)
     return 0

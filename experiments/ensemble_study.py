@@ -23,7 +23,7 @@ from pipelines.baselines import OOF_DIR, read_oof
 from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import Results, headline, log_row, study_parser  # noqa: E402
+from studies import Results, headline, site_val_look, study_parser  # noqa: E402
 
 ENSEMBLES = {
     "heads": ["hog+cnn/logreg", "hog+cnn/xgb"],
@@ -80,9 +80,8 @@ def main(argv=None):
                                                 "ci": [round(c, 4) for c in test["ci"]]}}
         if args.site_val:
             scores = [site[m] if m in site else saved_site_scores(m, site_paths) for m in members]
-            sv = binary_metrics(y_site, mean_logit(scores), threshold)
-            result["site_val"] = headline(sv)
-            log_row(f"ensemble {name} (ensemble_study)", cv, sv)
+            site_val_look(result, f"ensemble {name} (ensemble_study)", cv, y_site,
+                          mean_logit(scores), threshold)
         results.add(name, result)
     results.save(args.out)
     return 0

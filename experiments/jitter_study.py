@@ -28,7 +28,7 @@ from xray_features.augment import NORMAL_TO_PNEUMONIA_ASPECT, Stretch
 from xray_features.preprocess import default_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import Results, headline, log_row, study_parser, train_site_folds  # noqa: E402
+from studies import Results, headline, site_val_look, study_parser, train_site_folds  # noqa: E402
 
 # aspect changes, as powers of F: <0 widens the content, >0 narrows it
 JITTER_LEVELS = (-1.0, -0.5, 0.5, 1.0)
@@ -108,9 +108,8 @@ def main(argv=None):
         result = {"cv": headline(cv), "threshold": round(threshold, 4),
                   **{k: headline(binary_metrics(y, s, threshold)) for k, s in stressed.items()}}
         if args.site_val and config != "countersquash":  # that one is logged already
-            sv = binary_metrics(site.labels, score(X_site), threshold)
-            result["site_val"] = headline(sv)
-            log_row(name + " (jitter_study)", cv, sv)
+            site_val_look(result, name + " (jitter_study)", cv, site.labels, score(X_site),
+                          threshold)
         results.add(name, result)
     results.save(args.out)
     return 0

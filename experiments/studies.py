@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+from pipelines.metrics import binary_metrics
 from pipelines.run import default_cache_dir
 from xray_features import index_dataset, make_folds
 
@@ -57,6 +58,14 @@ class Results(dict):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self, indent=2))
+
+
+def site_val_look(result, name, cv, labels, scores, threshold):
+    """Score site_val once at the train-chosen ``threshold``: add its headline
+    to ``result`` and log the look."""
+    sv = binary_metrics(labels, scores, threshold)
+    result["site_val"] = headline(sv)
+    log_row(name, cv, sv)
 
 
 def log_row(name, cv, sv):
