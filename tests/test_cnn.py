@@ -96,7 +96,7 @@ def test_sklearn_contract(images):
 
 
 def test_image_size_must_match_a_static_model():
-    with pytest.raises(ValueError, match="64"):
+    with pytest.raises(ValueError, match="128"):  # the packaged classifier's input is 128 px
         OnnxCNNClassifier(image_size=32).predict_proba(synthetic_images(1))
 
 

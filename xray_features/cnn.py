@@ -31,7 +31,7 @@ __all__ = [
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_EMBEDDER = "efficientnet_lite0_embedder.onnx"
-DEFAULT_CLASSIFIER = "cnn_small64_noaug.onnx"
+DEFAULT_CLASSIFIER = "cnn_lite0_128_aug_e3.onnx"  # the best pure-CNN baseline by CV AUC
 
 # sha256 of the models shipped in MODELS_DIR (also listed in models/MODEL_CARD.md).
 PACKAGED_SHA256 = {
@@ -39,6 +39,8 @@ PACKAGED_SHA256 = {
         "df06446057e2688d51d9f5c4e762926c53bae2b4e2e36ec3d967f66cb1553026",
     "cnn_small64_noaug.onnx":
         "35961edc1d5e9b62bf6f99f9902cde14508fbc1328d0cf9235f11f1f8c1a4aa7",
+    "cnn_lite0_128_aug_e3.onnx":
+        "606c367d3fdc095595582553aca9c6496006b437d4b234c051abbe8ce83f35fd",
 }
 
 
