@@ -106,14 +106,18 @@ def _tables(results):
                        header, _metric_rows(results["models"], "eval")))
         tables.append(("Evaluation at threshold 0.5", header,
                        _metric_rows(results["models"], "eval_at_0.5")))
-    comparisons = results.get("comparisons", {})
-    if comparisons:
-        rows = [[name, part, f"{c['diff']:+.4f}", f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]",
-                 f"{c['delong_p']:.3g}", f"{c['bootstrap_p']:.3g}", c["verdict"]]
-                for name, parts in comparisons.items() for part, c in parts.items()]
-        tables.append((f"Paired comparison with {results['baseline']} (AUC difference)",
-                       ["model", "data", "ΔAUC", "95% CI (patient bootstrap)", "DeLong p",
-                        "bootstrap p", "verdict"], rows))
+    for key, title in (("comparisons", f"Paired comparison with {results['baseline']} "
+                                        "(AUC difference)"),
+                       ("selected_vs_baselines", f"Paired comparison of the selected model, "
+                        f"{results.get('selected')}, with each pure-CNN baseline "
+                        "(ΔAUC = selected - baseline)")):
+        comparisons = results.get(key, {})
+        if comparisons:
+            rows = [[name, part, f"{c['diff']:+.4f}", f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]",
+                     f"{c['delong_p']:.3g}", f"{c['bootstrap_p']:.3g}", c["verdict"]]
+                    for name, parts in comparisons.items() for part, c in parts.items()]
+            tables.append((title, ["model", "data", "ΔAUC", "95% CI (patient bootstrap)",
+                                   "DeLong p", "bootstrap p", "verdict"], rows))
     folds = results.get("per_fold", [])
     if folds:
         tables.append(("Per fold (AUC at each fold's held-out patients)",

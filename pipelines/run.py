@@ -280,6 +280,14 @@ def main(argv=None):
                                                 args.n_boot, args.seed)
     selected, selection_tests = select_model(models, curves_cv, y, groups, args.n_boot,
                                              args.seed, args.selection_margin)
+    against_baselines = {}  # the selected model against every pure-CNN baseline
+    for name in (n for n in models if n.startswith("baseline/")):
+        against_baselines[name] = {"cv": compare(y, curves_cv[selected], curves_cv[name],
+                                                 groups, args.n_boot, args.seed)}
+        if selected in curves_eval and name in curves_eval:
+            against_baselines[name]["eval"] = compare(
+                eval_index.labels, curves_eval[selected], curves_eval[name], eval_index.groups,
+                args.n_boot, args.seed)
     verdict = comparisons[selected]["cv"]["verdict"]
     summary = (f"Selected as the simplest model whose CV AUC is within {args.selection_margin} "
                f"of the best (non-inferiority, patient-level paired bootstrap; without looking "
@@ -299,6 +307,7 @@ def main(argv=None):
         "cv_folds": args.cv, "seed": args.seed, "threshold_rule": args.threshold_rule,
         "augment": args.augment,
         "baseline": PROBE, "selected": selected, "selection_tests": selection_tests,
+        "selected_vs_baselines": against_baselines,
         "summary": summary, "models": models,
         "comparisons": comparisons, "per_fold": per_fold,
         "wall_time_s": None,

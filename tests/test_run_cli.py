@@ -26,6 +26,11 @@ def test_metrics_json_contract(trained_run):
     assert results["selected"] in results["models"]
     assert not results["selected"].startswith("baseline/")
     assert results["augment"] == "counter-squash"  # the default
+    against = results["selected_vs_baselines"]["baseline/cnn-probe"]
+    assert against["cv"]["diff"] == pytest.approx(
+        results["models"][results["selected"]]["cv"]["auc"]
+        - results["models"]["baseline/cnn-probe"]["cv"]["auc"])
+    assert "eval" in against
     # the synthetic signal is easy: the texture models must learn it
     assert results["models"]["hog/logreg"]["cv"]["auc"] > 0.9
     for name in ("roc_cv.png", "roc_eval.png", "confusion_cv.png", "calibration_eval.png",
