@@ -34,14 +34,12 @@ from .assemble import (HEADS, extract_counter_squash_features, extract_features,
                        make_feature_union, make_head, parse_feature_sets)
 from .baselines import finetuned_baselines
 from .decision import DecisionClassifier
-from .metrics import auc, binary_metrics, bootstrap_ci, delong_test, paired_bootstrap_auc
+from .metrics import auc, binary_metrics
 from .persist import save_model
 from .report import write_predictions, write_report
+from .selection import SELECTION_MARGIN, compare, evaluate, select_model
 
 PROBE = "baseline/cnn-probe"
-# CV AUC a simpler model may lose and still be selected: a tenth of the width of
-# a 308-image site's AUC CI (about +-0.02), far below what a new site can resolve
-SELECTION_MARGIN = 0.002
 
 
 def default_data_dir():
@@ -146,24 +144,6 @@ def load_training_index(data_dir, limit=None, seed=0):
 def manifest_hash(index):
     lines = sorted(f"{os.path.relpath(r.path, index.root)}\t{r.label}" for r in index.records)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-def evaluate(y, p, groups, threshold, n_boot, seed):
-    metrics = binary_metrics(y, p, threshold)
-    metrics["ci"] = bootstrap_ci(y, p, groups, threshold, n_boot=n_boot, seed=seed)
-    return metrics
-
-
-def compare(y, p_model, p_reference, groups, n_boot, seed):
-    delong = delong_test(y, p_model, p_reference)
-    boot = paired_bootstrap_auc(y, p_model, p_reference, groups, n_boot=n_boot, seed=seed)
-    significant = boot["ci"][0] > 0 or boot["ci"][1] < 0
-    if not significant:
-        verdict = "no significant difference"
-    else:
-        verdict = "better than baseline" if boot["diff"] > 0 else "worse than baseline"
-    return {"diff": boot["diff"], "ci": boot["ci"], "delong_p": delong["p_value"],
-            "bootstrap_p": boot["p_value"], "verdict": verdict}
 
 
 def main(argv=None):
@@ -327,26 +307,6 @@ def main(argv=None):
     print(summary)
     print(f"report: {out / 'report.html'}  ({results['wall_time_s']} s)")
     return 0
-
-
-def select_model(models, oof, y, groups, n_boot=1000, seed=0, margin=SELECTION_MARGIN):
-    """The model the CV results recommend: the simplest one non-inferior to the best.
-
-    Among non-baseline models, those whose CV AUC is non-inferior to the best
-    one's within ``margin`` are eligible: the upper end of the 95 % CI of
-    AUC(best) - AUC(model) (patient-level paired bootstrap on the out-of-fold
-    predictions ``oof[name]``) is below ``margin``, or the CI reaches 0. The
-    one with the fewest extractors wins (the cheapest to score), then the
-    highest CV AUC. Returns ``(name, {candidate: bootstrap result})``.
-    """
-    candidates = [n for n in models if not n.startswith("baseline/")]
-    best = max(candidates, key=lambda n: models[n]["cv"]["auc"])
-    tests = {n: paired_bootstrap_auc(y, oof[best], oof[n], groups, n_boot=n_boot, seed=seed)
-             for n in candidates if n != best}
-    eligible = [best] + [n for n, t in tests.items() if t["ci"][0] <= 0 or t["ci"][1] < margin]
-    chosen = min(eligible, key=lambda n: (models[n]["features"].count("+"),
-                                          -models[n]["cv"]["auc"]))
-    return chosen, tests
 
 
 def _final_pipeline(feature_set, fitted_classifier, preprocessor, n_jobs):

@@ -10,6 +10,7 @@ import pytest
 from pipelines import run
 from pipelines.metrics import auc
 from pipelines.persist import load_model
+from pipelines.selection import SELECTION_MARGIN, select_model
 from xray_features.dataset import index_dataset
 
 
@@ -101,12 +102,12 @@ def test_selection_takes_the_simplest_model_non_inferior_to_the_best():
            "hog/logreg": y + rng.normal(0, 1.5, 400)}              # clearly worse
     models = {n: {"features": n.split("/")[0], "cv": {"auc": auc(y, p)}} for n, p in oof.items()}
     models["baseline/cnn-probe"] = {"features": "cnn", "cv": {"auc": 1.0}}
-    chosen, tests = run.select_model(models, oof, y, groups, n_boot=300)
+    chosen, tests = select_model(models, oof, y, groups, n_boot=300)
     assert chosen == "hog+cnn/logreg"
-    assert tests["hog/logreg"]["ci"][0] > run.SELECTION_MARGIN  # clearly worse: not eligible
+    assert tests["hog/logreg"]["ci"][0] > SELECTION_MARGIN  # clearly worse: not eligible
     oof["hog+cnn/logreg"] = y + rng.normal(0, 1.5, 400)
     models["hog+cnn/logreg"]["cv"]["auc"] = auc(y, oof["hog+cnn/logreg"])
-    assert run.select_model(models, oof, y, groups, n_boot=300)[0] == "hog+lbp+cnn/logreg"
+    assert select_model(models, oof, y, groups, n_boot=300)[0] == "hog+lbp+cnn/logreg"
 
 
 def test_selection_tolerates_a_significant_but_tiny_loss():
@@ -121,10 +122,10 @@ def test_selection_tolerates_a_significant_but_tiny_loss():
     models = {"hog+lbp+cnn/logreg": {"features": "hog+lbp+cnn", "cv": {"auc": auc(y, best)}},
               "hog+cnn/logreg": {"features": "hog+cnn", "cv": {"auc": auc(y, blurred)}}}
     loss = auc(y, best) - auc(y, blurred)
-    chosen, tests = run.select_model(models, oof, y, groups, n_boot=300, margin=0.002)
+    chosen, tests = select_model(models, oof, y, groups, n_boot=300, margin=0.002)
     assert 0 < tests["hog+cnn/logreg"]["ci"][0] and tests["hog+cnn/logreg"]["ci"][1] < 0.002
     assert 0.0003 < loss < 0.002 and chosen == "hog+cnn/logreg"
-    assert run.select_model(models, oof, y, groups, n_boot=300, margin=0.0)[0] == \
+    assert select_model(models, oof, y, groups, n_boot=300, margin=0.0)[0] == \
         "hog+lbp+cnn/logreg"
 
 
