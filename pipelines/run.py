@@ -108,16 +108,16 @@ def build_parser():
     return parser
 
 
-def fit_decision(head, seed, folds, threshold_rule, X, y, augment, versions, n_jobs=None):
-    """`DecisionClassifier` over ``head``, fitted on ``X, y`` (and ``augment``).
+def fit_decision(head, folds, threshold_rule, X, y, augment, versions, n_jobs=None):
+    """`DecisionClassifier` over the unfitted estimator ``head``, fitted on
+    ``X, y`` (and ``augment``).
 
     A plain function so that `joblib.Memory` can cache it: a rerun with the
-    same features, labels, folds and settings loads the fitted models instead
-    of refitting them. ``versions`` (package and library versions) is only
-    part of the cache key; ``n_jobs`` is not.
+    same head (and its parameters), features, labels, folds and settings loads
+    the fitted models instead of refitting them. ``versions`` (package and
+    library versions) is only part of the cache key; ``n_jobs`` is not.
     """
-    clf = DecisionClassifier(make_head(head, seed), cv=folds, n_jobs=n_jobs,
-                             threshold_rule=threshold_rule)
+    clf = DecisionClassifier(head, cv=folds, n_jobs=n_jobs, threshold_rule=threshold_rule)
     return clf.fit(X, y, **augment)
 
 
@@ -223,7 +223,8 @@ def main(argv=None):
         if copies is not None:
             augment = {"X_aug": np.hstack([copies[e] for e in fs.split("+")]), "y_aug": y,
                        "aug_source": np.arange(len(y))}
-        fit_args = (head, args.seed, folds, args.threshold_rule, X, y, augment, versions)
+        fit_args = (make_head(head, args.seed), folds, args.threshold_rule, X, y, augment,
+                    versions)
         if fit is not fit_decision and fit.check_call_in_cache(*fit_args):
             log("  fitted models found in the cache")
         clf = fit(*fit_args, n_jobs=args.n_jobs)

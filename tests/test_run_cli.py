@@ -145,6 +145,12 @@ def test_rerun_loads_fitted_models_from_the_cache(synthetic_data, tmp_path, monk
     # another seed means other folds: the fits are not in the cache
     with pytest.raises(AssertionError, match="refitted"):
         run.main(argv + ["--out", str(tmp_path / "seed1"), "--seed", "1"])
+    # so does a head with other parameters
+    make_head = run.make_head
+    monkeypatch.setattr(run, "make_head",
+                        lambda name, seed=0: make_head(name, seed).set_params(logreg__C=0.1))
+    with pytest.raises(AssertionError, match="refitted"):
+        run.main(argv + ["--out", str(tmp_path / "otherC")])
 
 
 def test_prediction_tables_reproduce_the_reported_metrics(trained_run, synthetic_data):
