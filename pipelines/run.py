@@ -122,12 +122,20 @@ def fit_decision(head, folds, threshold_rule, X, y, augment, versions, n_jobs=No
 
 
 def library_versions():
+    """What a cached fit depends on besides its arguments: library versions and
+    the source of the modules that fit (`decision`) and threshold (`metrics`)."""
+    import inspect
+
     import sklearn
     import xgboost
 
     from xray_features import __version__
+
+    from . import decision, metrics
+    code = "".join(inspect.getsource(module) for module in (decision, metrics))
     return {"xray_features": __version__, "sklearn": sklearn.__version__,
-            "xgboost": xgboost.__version__, "numpy": np.__version__}
+            "xgboost": xgboost.__version__, "numpy": np.__version__,
+            "fit_code_sha256": hashlib.sha256(code.encode()).hexdigest()}
 
 
 def load_training_index(data_dir, limit=None, seed=0):
