@@ -22,6 +22,7 @@ import numpy as np
 from pipelines.assemble import extract_counter_squash_features, extract_features, make_head
 from pipelines.metrics import binary_metrics
 from xray_features import index_dataset
+from xray_features.dataset import fold_of
 from xray_features.preprocess import default_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,9 +40,7 @@ def main(argv=None):
 
     train, _, folds = train_site_folds(args.data)
     y = train.labels
-    fold_of = np.empty(len(y), int)
-    for k, (_, test) in enumerate(folds):
-        fold_of[test] = k
+    fold = fold_of(folds, len(y))
     native = index_dataset(native_root)
     position = {os.path.basename(p): i for i, p in enumerate(train.paths)}
     rows = np.array([position[os.path.basename(p)] for p in native.paths])
@@ -67,7 +66,7 @@ def main(argv=None):
             result = {}
             for view, f in views.items():
                 Xv = np.hstack([f[n] for n in parts])
-                raw = np.array([models[fold_of[r]].predict_proba(Xv[i:i + 1])[0, 1]
+                raw = np.array([models[fold[r]].predict_proba(Xv[i:i + 1])[0, 1]
                                 for i, r in enumerate(rows)])
                 m = binary_metrics(y[rows], calibrator.transform(raw), threshold)
                 result[view] = headline(m)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from xray_features.cnn import MODELS_DIR
+from xray_features.dataset import fold_of
 
 from .metrics import youden_threshold
 
@@ -36,16 +37,14 @@ def finetuned_baselines(train, folds, eval_index=None, oof_dir=OOF_DIR, models_d
     """Yield ``{"name", "oof", "threshold", "eval"}`` for each usable baseline."""
     if not Path(oof_dir).is_dir():
         return
-    fold_of = np.empty(len(train), int)
-    for k, (_, test) in enumerate(folds):
-        fold_of[test] = k
+    folds_of_train = list(fold_of(folds, len(train)))
     relative = [os.path.relpath(r.path, train.root) for r in train.records]
     for csv_path in sorted(Path(oof_dir).glob("*.csv")):
         table = read_oof(csv_path)
         if not all(p in table for p in relative):
             continue  # predictions for other images
         rows = [table[p] for p in relative]
-        if [fold for _, fold, _ in rows] != list(fold_of):
+        if [fold for _, fold, _ in rows] != folds_of_train:
             continue  # other folds: not comparable
         oof = np.array([proba for _, _, proba in rows])
         threshold = youden_threshold(train.labels, oof)
@@ -59,7 +58,8 @@ def finetuned_baselines(train, folds, eval_index=None, oof_dir=OOF_DIR, models_d
             from .assemble import extract_preprocessed
 
             # the CNNs were trained on CLAHE -> LungCrop -> Resize(224)
-            images = extract_preprocessed(eval_index.paths, default_preprocessor(crop=True, resize_mode="pad"))
+            images = extract_preprocessed(eval_index.paths,
+                                          default_preprocessor(crop=True, resize_mode="pad"))
             scores = OnnxCNNClassifier(model_path=str(model_path)).predict_proba(images)[:, 1]
         yield {"name": f"baseline/{csv_path.stem}", "oof": oof, "threshold": threshold,
                "eval": scores}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import io
+import json
 import math
 from pathlib import Path
 

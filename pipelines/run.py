@@ -27,7 +27,7 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 from xray_features import ReadImages
-from xray_features.dataset import index_dataset, make_folds
+from xray_features.dataset import fold_of, index_dataset, make_folds
 from xray_features.preprocess import default_preprocessor
 
 from .assemble import (HEADS, extract_counter_squash_features, extract_features,
@@ -257,26 +257,21 @@ def main(argv=None):
         record(base["name"], {"features": "cnn-finetuned", "head": base["name"].split("/", 1)[1]},
                base["oof"], base.get("eval"), base["threshold"])
 
-    comparisons = {}
-    for name in models:
-        if name == PROBE:
-            continue
-        comparisons[name] = {"cv": compare(y, curves_cv[name], curves_cv[PROBE], groups,
-                                           args.n_boot, args.seed)}
-        if name in curves_eval:
-            comparisons[name]["eval"] = compare(eval_index.labels, curves_eval[name],
-                                                curves_eval[PROBE], eval_index.groups,
-                                                args.n_boot, args.seed)
+    def paired(model, reference):
+        """`compare` on the CV predictions, and on the evaluation set when both have it."""
+        out = {"cv": compare(y, curves_cv[model], curves_cv[reference], groups,
+                             args.n_boot, args.seed)}
+        if model in curves_eval and reference in curves_eval:
+            out["eval"] = compare(eval_index.labels, curves_eval[model], curves_eval[reference],
+                                  eval_index.groups, args.n_boot, args.seed)
+        return out
+
+    comparisons = {name: paired(name, PROBE) for name in models if name != PROBE}
     selected, selection_tests = select_model(models, curves_cv, y, groups, args.n_boot,
                                              args.seed, args.selection_margin)
-    against_baselines = {}  # the selected model against every pure-CNN baseline
-    for name in (n for n in models if n.startswith("baseline/")):
-        against_baselines[name] = {"cv": compare(y, curves_cv[selected], curves_cv[name],
-                                                 groups, args.n_boot, args.seed)}
-        if selected in curves_eval and name in curves_eval:
-            against_baselines[name]["eval"] = compare(
-                eval_index.labels, curves_eval[selected], curves_eval[name], eval_index.groups,
-                args.n_boot, args.seed)
+    # the selected model against every pure-CNN baseline
+    against_baselines = {name: paired(selected, name) for name in models
+                         if name.startswith("baseline/")}
     verdict = comparisons[selected]["cv"]["verdict"]
     summary = (f"Selected as the simplest model whose CV AUC is within {args.selection_margin} "
                f"of the best (non-inferiority, patient-level paired bootstrap; without looking "
@@ -306,10 +301,7 @@ def main(argv=None):
         curves["eval"] = (eval_index.labels, curves_eval)
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_report(out, results, curves)
-    fold_of = np.empty(len(y), dtype=int)
-    for k, (_, test) in enumerate(folds):
-        fold_of[test] = k
-    write_predictions(out / "predictions_cv.csv", train, curves_cv, fold=fold_of)
+    write_predictions(out / "predictions_cv.csv", train, curves_cv, fold=fold_of(folds, len(y)))
     if eval_index is not None:
         write_predictions(out / "predictions_eval.csv", eval_index, curves_eval)
     print(_console_table(models))

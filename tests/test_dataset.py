@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from xray_features.dataset import (find_duplicates, index_dataset, make_folds,
+from xray_features.dataset import (find_duplicates, fold_of, index_dataset, make_folds,
                                    patient_id_from_name)
 
 from .conftest import phantom, write_image
@@ -100,3 +100,13 @@ def test_real_train_split_counts_and_no_patient_leak(data_root):
     train, site = index.subset("train"), index.subset("site_val")
     assert not set(train.groups) & set(site.groups)
     assert index.n_fallback_patients == 0
+
+
+def test_fold_of_names_the_fold_that_tests_each_sample():
+    labels = np.repeat([0, 1], 20)
+    groups = np.arange(40) // 2
+    folds = make_folds(labels, groups, n_splits=4, seed=0)
+    fold = fold_of(folds, 40)
+    assert sorted(set(fold)) == [0, 1, 2, 3]
+    for k, (train, test) in enumerate(folds):
+        assert (fold[test] == k).all() and (fold[train] != k).all()

@@ -24,7 +24,7 @@ from .hashing import file_sha256
 
 __all__ = [
     "LABELS", "IMAGE_SUFFIXES", "ImageRecord", "DatasetIndex", "index_dataset",
-    "patient_id_from_name", "find_duplicates", "make_folds", "file_sha256",
+    "patient_id_from_name", "find_duplicates", "make_folds", "fold_of", "file_sha256",
 ]
 
 LABELS = {"NORMAL": 0, "PNEUMONIA": 1}
@@ -199,3 +199,11 @@ def make_folds(labels, groups, n_splits=5, seed=0):
         for train, test in splitter.split(placeholder, labels, groups)
     ]
 
+
+
+def fold_of(folds, n_samples):
+    """The fold number of each sample: the fold whose test part holds it."""
+    out = np.full(n_samples, -1, dtype=int)
+    for k, (_, test) in enumerate(folds):
+        out[test] = k
+    return out
