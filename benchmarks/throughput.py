@@ -23,9 +23,10 @@ taken under the same machine load):
 - scaling from n_jobs=1 to 2, and from 1 to 2 Dask workers (if installed);
 - peak RSS of a separate process scoring ``--stream-n`` inputs (a folder
   cycled) in batches of 64, keeping every result row as the score CLI does;
-- optionally (``--with-comparison``) the wall time of the 5-fold hog+cnn
-  comparison, ``python -m pipelines.run``: cold (empty cache), warm (features
-  cached, heads refitted), warm without augmentation, and rerun (fits cached too).
+- optionally (``--with-comparison``, or ``--only-comparison`` alone) the wall
+  time of the 5-fold hog+cnn comparison, ``python -m pipelines.run``: cold (empty
+  cache), warm (features cached, heads refitted), rerun (fits cached too), and
+  warm without augmentation.
 
 The machine load (``os.getloadavg()``) and the CPU share the process got are
 recorded next to every section: on a shared machine they explain the figures.
@@ -425,6 +426,7 @@ def comparison(data_root, tmp, quick):
     """Wall time of the 5-fold hog+cnn comparison: cold (empty cache); warm
     (features cached, every head refitted); a rerun of the warm command
     (features and fitted models cached); warm without augmentation (refitted)."""
+    print("comparison: cold, warm, rerun, warm without augmentation ...", flush=True)
     cache = Path(tmp) / "comparison-cache"
     out = {"load_before": load()}
     for kind in ("cold", "warm", "rerun", "warm_no_augment"):
@@ -601,7 +603,6 @@ def main(argv=None):
         results["data"] = {"kermany_224": str(data), "native_512": str(native),
                            "synthetic": not data.is_dir()}
         if args.only_comparison:
-            print("comparison cold, warm, warm without augmentation, rerun ...", flush=True)
             results["comparison"] = comparison(data, tmp, args.quick)
             return finish(results, args.out)
         fit_paths = sample(all224, args.n_fit, seed=1)
@@ -638,7 +639,6 @@ def main(argv=None):
             print(f"streaming {args.stream_n:,} inputs in a child process ...", flush=True)
             results["stream"] = stream(model_path, rest, args.stream_n, args.stream_timeout)
         if args.with_comparison:
-            print("comparison cold, warm, warm without augmentation, rerun ...", flush=True)
             results["comparison"] = comparison(data, tmp, args.quick)
     return finish(results, args.out)
 
