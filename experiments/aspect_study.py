@@ -24,46 +24,16 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
-from sklearn.base import clone
 
 from pipelines.assemble import extract_counter_squash_features, extract_features, make_head
-from pipelines.decision import PlattCalibrator
-from pipelines.metrics import auc, binary_metrics, youden_threshold
+from pipelines.metrics import auc, binary_metrics
 from xray_features.preprocess import default_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import Results, headline, site_val_look, study_parser, train_site_folds  # noqa: E402
+from studies import (Results, cross_fit, headline, site_val_look, study_parser,  # noqa: E402
+                     train_site_folds)
 
 NATIVE = "kermany-native-subset/MANIFEST.csv"
-
-
-def fold_models(head, X, y, folds, X_aug=None):
-    """The fold models, their calibrator, the OOF Youden threshold and the raw
-    OOF scores. With ``X_aug`` (one copy per row of ``X``), each fold's model
-    also trains on the copies of its training rows."""
-    models, raw = [], np.zeros(len(y))
-    for train, test in folds:
-        Xt, yt = X[train], y[train]
-        if X_aug is not None:
-            Xt, yt = np.vstack([Xt, X_aug[train]]), np.concatenate([yt, y[train]])
-        models.append(clone(head).fit(Xt, yt))
-        raw[test] = models[-1].predict_proba(X[test])[:, 1]
-    calibrator = PlattCalibrator().fit(raw, y)
-    return models, calibrator, youden_threshold(y, calibrator.transform(raw)), raw
-
-
-def cross_fit(head, X, X_copy, y, folds, train_on_copies):
-    """Out-of-fold calibrated scores of the originals and of their copies,
-    the OOF Youden threshold, and the model refitted on all of train/."""
-    models, calibrator, threshold, raw = fold_models(head, X, y, folds,
-                                                     X_copy if train_on_copies else None)
-    raw_copy = np.zeros(len(y))
-    for model, (_, test) in zip(models, folds):
-        raw_copy[test] = model.predict_proba(X_copy[test])[:, 1]
-    Xf, yf = (np.vstack([X, X_copy]), np.concatenate([y, y])) if train_on_copies else (X, y)
-    final = clone(head).fit(Xf, yf)
-    return (calibrator.transform(raw), calibrator.transform(raw_copy), threshold,
-            lambda Z: calibrator.transform(final.predict_proba(Z)[:, 1]))
 
 
 def diagnose(data_root, train, p_oof):
@@ -119,8 +89,10 @@ def main(argv=None):
         X_copy = np.hstack([copies[n] for n in parts])
         for augmented in (False, True):
             name = f"{fs}/logreg{tag}" + ("-countersquash" if augmented else "")
-            p, p_copy, threshold, score = cross_fit(make_head("logreg"), X, X_copy, y, folds,
-                                                    augmented)
+            p, stressed, threshold, score = cross_fit(
+                make_head("logreg"), X, y, folds, [X_copy] if augmented else [],
+                {"counter_squashed": X_copy})
+            p_copy = stressed["counter_squashed"]
             result, cv = summary(y, p, p_copy, threshold)
             if fs == "hog+cnn":
                 result["diagnosis"] = diagnose(args.data, train, p)

@@ -25,8 +25,9 @@ from xray_features.cnn import OnnxEmbedder
 from xray_features.preprocess import default_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aspect_study import cross_fit, summary  # noqa: E402
-from studies import Results, site_val_look, study_parser, train_site_folds  # noqa: E402
+from aspect_study import summary  # noqa: E402
+from studies import (Results, cross_fit, site_val_look, study_parser,  # noqa: E402
+                     train_site_folds)
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 VARIANTS = {
@@ -56,8 +57,9 @@ def main(argv=None):
         for parts in ([variant], ["hog", variant]):
             name = "+".join(parts) + "/logreg-countersquash"
             X, X_copy = (np.hstack([f[n] for n in parts]) for f in (feats, copies))
-            p, p_copy, threshold, score = cross_fit(make_head("logreg"), X, X_copy, y, folds,
-                                                    train_on_copies=True)
+            p, stressed, threshold, score = cross_fit(make_head("logreg"), X, y, folds, [X_copy],
+                                                      {"counter_squashed": X_copy})
+            p_copy = stressed["counter_squashed"]
             result, cv = summary(y, p, p_copy, threshold)
             if args.site_val:
                 site_val_look(result, name + " (embedder_study)", cv, site.labels,

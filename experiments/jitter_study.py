@@ -22,13 +22,13 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 from pipelines.assemble import extract_counter_squash_features, extract_features, make_head
-from pipelines.decision import PlattCalibrator
-from pipelines.metrics import binary_metrics, youden_threshold
+from pipelines.metrics import binary_metrics
 from xray_features.augment import NORMAL_TO_PNEUMONIA_ASPECT, Stretch
 from xray_features.preprocess import default_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import Results, headline, site_val_look, study_parser, train_site_folds  # noqa: E402
+from studies import (Results, cross_fit, headline, site_val_look, study_parser,  # noqa: E402
+                     train_site_folds)
 
 # aspect changes, as powers of F: <0 widens the content, >0 narrows it
 JITTER_LEVELS = (-1.0, -0.5, 0.5, 1.0)
@@ -54,28 +54,6 @@ def jitter_features(paths, names, cache_dir, preprocessor, seed=0):
         for name, rows in part.items():
             out.setdefault(name, np.empty((len(paths), rows.shape[1]), np.float32))[index] = rows
     return out
-
-
-def cross_fit(head, X, y, folds, copies, stress):
-    """Out-of-fold calibrated scores of the originals and of each ``stress``
-    copy set, the OOF Youden threshold, and a scorer refitted on all rows."""
-    models, raw = [], np.zeros(len(y))
-    for train, test in folds:
-        Xt = np.vstack([X[train]] + [C[train] for C in copies])
-        yt = np.concatenate([y[train]] * (1 + len(copies)))
-        models.append(clone(head).fit(Xt, yt))
-        raw[test] = models[-1].predict_proba(X[test])[:, 1]
-    calibrator = PlattCalibrator().fit(raw, y)
-    stressed = {}
-    for name, C in stress.items():
-        stressed[name] = np.zeros(len(y))
-        for model, (_, test) in zip(models, folds):
-            stressed[name][test] = model.predict_proba(C[test])[:, 1]
-        stressed[name] = calibrator.transform(stressed[name])
-    final = clone(head).fit(np.vstack([X] + copies), np.concatenate([y] * (1 + len(copies))))
-    p = calibrator.transform(raw)
-    return p, stressed, youden_threshold(y, p), lambda Z: calibrator.transform(
-        final.predict_proba(Z)[:, 1])
 
 
 def main(argv=None):

@@ -26,8 +26,8 @@ from xray_features.dataset import fold_of
 from xray_features.preprocess import default_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aspect_study import fold_models  # noqa: E402
-from studies import Results, headline, study_parser, train_site_folds  # noqa: E402
+from studies import (Results, fold_models, headline, study_parser,  # noqa: E402
+                     train_site_folds)
 
 
 def main(argv=None):
@@ -62,7 +62,7 @@ def main(argv=None):
         for augmented in (False, True):
             name = f"{fs}/logreg" + ("-countersquash" if augmented else "")
             models, calibrator, threshold, _ = fold_models(make_head("logreg"), X, y, folds,
-                                                           X_aug if augmented else None)
+                                                           [X_aug] if augmented else [])
             result = {}
             for view, f in views.items():
                 Xv = np.hstack([f[n] for n in parts])

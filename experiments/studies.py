@@ -1,5 +1,5 @@
 """What the study scripts share: their common options, the train/ folds, the
-site_val log and the JSON results."""
+cross-fitting of a head with augmented copies, the site_val log and the JSON results."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ import json
 import os
 from pathlib import Path
 
-from pipelines.metrics import binary_metrics
+import numpy as np
+from sklearn.base import clone
+
+from pipelines.decision import PlattCalibrator
+from pipelines.metrics import binary_metrics, youden_threshold
 from pipelines.run import default_cache_dir
 from xray_features import index_dataset, make_folds
 
@@ -40,6 +44,38 @@ def train_site_folds(data):
     train = index.subset("train")
     site = index.subset("site_val") if "site_val" in index.splits else None
     return train, site, make_folds(train.labels, train.groups, n_splits=5, seed=0)
+
+
+def fold_models(head, X, y, folds, copies=()):
+    """The fold models, their calibrator, the OOF Youden threshold and the raw
+    OOF scores. Each array in ``copies`` holds one copy per row of ``X``; each
+    fold's model also trains on the copies of its training rows (never of its
+    test rows)."""
+    models, raw = [], np.zeros(len(y))
+    for train, test in folds:
+        Xt = np.vstack([X[train]] + [C[train] for C in copies])
+        yt = np.concatenate([y[train]] * (1 + len(copies)))
+        models.append(clone(head).fit(Xt, yt))
+        raw[test] = models[-1].predict_proba(X[test])[:, 1]
+    calibrator = PlattCalibrator().fit(raw, y)
+    return models, calibrator, youden_threshold(y, calibrator.transform(raw)), raw
+
+
+def cross_fit(head, X, y, folds, copies=(), stress=None):
+    """`fold_models`, then: the calibrated OOF scores of the originals, those of
+    each copy set in ``stress`` ({name: copies of every row}, scored by the
+    model of the row's fold), the OOF Youden threshold, and a scorer refitted
+    on all the originals and their ``copies``."""
+    models, calibrator, threshold, raw = fold_models(head, X, y, folds, copies)
+    stressed = {}
+    for name, C in (stress or {}).items():
+        scores = np.zeros(len(y))
+        for model, (_, test) in zip(models, folds):
+            scores[test] = model.predict_proba(C[test])[:, 1]
+        stressed[name] = calibrator.transform(scores)
+    final = clone(head).fit(np.vstack([X] + list(copies)), np.concatenate([y] * (1 + len(copies))))
+    return (calibrator.transform(raw), stressed, threshold,
+            lambda Z: calibrator.transform(final.predict_proba(Z)[:, 1]))
 
 
 def headline(metrics):
