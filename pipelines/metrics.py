@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 from scipy.stats import norm, rankdata
 
 __all__ = [
@@ -89,66 +90,95 @@ def choose_threshold(y, p, rule="youden"):
                          "'sensitivity:<target>' or a number") from None
 
 
-def _bootstrap_weights(groups, n_boot, seed):
-    """Yield, per replicate, how many times each sample is drawn when patients
-    are resampled with replacement (a patient's images go together)."""
-    _, patient = np.unique(np.asarray(groups), return_inverse=True)
+_BLOCK = 2 ** 18  # samples x replicates per block: bounds memory and stays in cache
+
+
+def _patients(groups):
+    return np.unique(np.asarray(groups), return_inverse=True)[1]
+
+
+def _bootstrap_counts(patient, n_boot, seed):
+    """Yield blocks of (patients x replicates) counts of how many times each
+    patient is drawn when patients are resampled with replacement (a patient's
+    images go together). One `integers` call per block draws the same numbers
+    as one call per replicate."""
     n_patients = patient.max() + 1
     rng = np.random.default_rng(seed)
-    for _ in range(n_boot):
-        draws = np.bincount(rng.integers(0, n_patients, n_patients), minlength=n_patients)
-        yield draws[patient].astype(np.float64)
+    size = max(1, _BLOCK // len(patient))
+    for start in range(0, n_boot, size):
+        draws = rng.integers(0, n_patients, (min(size, n_boot - start), n_patients))
+        draws += n_patients * np.arange(len(draws))[:, None]  # one bincount for all replicates
+        counts = np.bincount(draws.ravel(), minlength=draws.size).reshape(draws.shape)
+        yield counts.T.astype(np.float64, order="C")
+
+
+def _divide(a, b):
+    return np.divide(a, b, out=np.zeros_like(a), where=b != 0)
 
 
 class _WeightedScores:
-    """Metrics of fixed labels and scores under per-sample weights (counts).
+    """Metrics of fixed labels and scores for a block of bootstrap replicates,
+    given as how many times each patient was drawn (``counts``, patients x
+    replicates).
 
-    A bootstrap replicate is the same samples with integer weights, so sorting
-    happens once and each replicate costs two `bincount` calls.
+    A replicate is the same samples with integer weights, so sorting happens
+    once and each block costs a few products with per-patient tallies (exact,
+    as sums of integers).
     """
 
-    def __init__(self, y, p):
+    def __init__(self, y, p, patient):
         self.y = np.asarray(y).astype(bool)
         self.p = np.asarray(p, dtype=np.float64)
-        _, self.level = np.unique(self.p, return_inverse=True)
-        self.n_levels = self.level.max() + 1
+        self.patient, self.n_patients = patient, patient.max() + 1
+        _, level = np.unique(self.p, return_inverse=True)
+        # merge runs of consecutive score levels holding one class (same AUC, fewer levels)
+        n_levels = level.max() + 1
+        kind = ((np.bincount(level, self.y, n_levels) > 0)
+                + 2 * (np.bincount(level, ~self.y, n_levels) > 0))  # 1 pos, 2 neg, 3 both
+        level = np.cumsum(np.r_[True, (kind[1:] != kind[:-1]) | (kind[1:] == 3)])[level] - 1
+        # images of each class per (level, patient)
+        shape = (level.max() + 1, self.n_patients)
+        self.pos_at = sparse.csr_matrix((self.y.astype(float), (level, patient)), shape)
+        self.neg_at = sparse.csr_matrix(((~self.y).astype(float), (level, patient)), shape)
+        self.n_pos, self.n_neg = self._per_patient(self.y), self._per_patient(~self.y)
 
-    def auc(self, w):
-        pos = np.bincount(self.level, w * self.y, self.n_levels)
-        neg = np.bincount(self.level, w * ~self.y, self.n_levels)
-        neg_below = np.cumsum(neg) - neg
-        return float((pos * (neg_below + neg / 2)).sum() / (pos.sum() * neg.sum()))
+    def _per_patient(self, x):
+        return np.bincount(self.patient, x, self.n_patients)
 
-    def metrics(self, w, threshold):
+    def auc(self, counts):
+        pos, neg = self.pos_at @ counts, self.neg_at @ counts  # levels x replicates
+        neg_below = np.cumsum(neg, axis=0) - neg
+        return (pos * (neg_below + neg / 2)).sum(axis=0) / (pos.sum(axis=0) * neg.sum(axis=0))
+
+    def metrics(self, counts, threshold):
         pred = self.p >= threshold
-        tp, fp = w[pred & self.y].sum(), w[pred & ~self.y].sum()
-        fn, tn = w[~pred & self.y].sum(), w[~pred & ~self.y].sum()
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        sensitivity = tp / (tp + fn)
+        tp, fp, fn, tn = (self._per_patient(m) @ counts for m in
+                          (pred & self.y, pred & ~self.y, ~pred & self.y, ~pred & ~self.y))
+        n = tp + fp + fn + tn
+        precision, sensitivity = _divide(tp, tp + fp), tp / (tp + fn)
         return {
-            "auc": self.auc(w),
-            "accuracy": (tp + tn) / w.sum(),
+            "auc": self.auc(counts),
+            "accuracy": (tp + tn) / n,
             "sensitivity": sensitivity,
             "specificity": tn / (tn + fp),
-            "f1": 2 * precision * sensitivity / (precision + sensitivity)
-            if precision + sensitivity else 0.0,
-            "brier": float(np.sum(w * (self.p - self.y) ** 2) / w.sum()),
+            "f1": _divide(2 * precision * sensitivity, precision + sensitivity),
+            "brier": self._per_patient((self.p - self.y) ** 2) @ counts / n,
         }
 
-    def has_both_classes(self, w):
-        return w[self.y].sum() > 0 and w[~self.y].sum() > 0
+    def with_both_classes(self, counts):
+        """The replicates (columns) holding both classes, still C-ordered."""
+        return counts.compress((self.n_pos @ counts > 0) & (self.n_neg @ counts > 0), axis=1)
 
 
 def bootstrap_ci(y, p, groups, threshold=0.5, n_boot=1000, seed=0, level=0.95):
     """95% CIs of every metric by resampling patients with replacement."""
-    scores = _WeightedScores(y, p)
+    patient = _patients(groups)
+    scores = _WeightedScores(y, p, patient)
     samples = {name: [] for name in METRICS}
-    for w in _bootstrap_weights(groups, n_boot, seed):
-        if not scores.has_both_classes(w):
-            continue
-        values = scores.metrics(w, threshold)
+    for counts in _bootstrap_counts(patient, n_boot, seed):
+        values = scores.metrics(scores.with_both_classes(counts), threshold)
         for name in METRICS:
-            samples[name].append(values[name])
+            samples[name].extend(values[name])
     tail = (1 - level) / 2 * 100
     return {
         name: [float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100 - tail))]
@@ -161,10 +191,14 @@ def paired_bootstrap_auc(y, p_model, p_reference, groups, n_boot=1000, seed=0):
 
     Returns the observed difference, its 95% CI and a two-sided p-value.
     """
-    model, reference = _WeightedScores(y, p_model), _WeightedScores(y, p_reference)
-    diffs = np.asarray([model.auc(w) - reference.auc(w)
-                        for w in _bootstrap_weights(groups, n_boot, seed)
-                        if model.has_both_classes(w)])
+    patient = _patients(groups)
+    model = _WeightedScores(y, p_model, patient)
+    reference = _WeightedScores(y, p_reference, patient)
+    diffs = []
+    for counts in _bootstrap_counts(patient, n_boot, seed):
+        counts = model.with_both_classes(counts)
+        diffs.extend(model.auc(counts) - reference.auc(counts))
+    diffs = np.asarray(diffs)
     observed = auc(y, p_model) - auc(y, p_reference)
     p_value = min(1.0, 2 * min((diffs <= 0).mean(), (diffs >= 0).mean()))
     return {"diff": float(observed), "ci": [float(np.percentile(diffs, 2.5)),

@@ -91,20 +91,79 @@ def test_bootstrap_ci_contains_estimate_and_resamples_patients():
 def test_weighted_bootstrap_equals_explicit_patient_resampling():
     """Each replicate weights samples by how often their patient was drawn;
     that must give the metrics of the explicitly concatenated resample."""
-    from pipelines.metrics import _WeightedScores, _bootstrap_weights
+    from pipelines.metrics import METRICS, _bootstrap_counts, _patients, _WeightedScores
 
     rng = np.random.default_rng(3)
     groups = rng.integers(0, 40, 150)
     y = rng.integers(0, 2, 150)
     p = np.round(rng.random(150), 1)  # many ties
-    scores = _WeightedScores(y, p)
-    _, patient = np.unique(groups, return_inverse=True)
-    for w in list(_bootstrap_weights(groups, 5, seed=1)):
-        index = np.repeat(np.arange(150), w.astype(int))
+    patient = _patients(groups)
+    counts = next(_bootstrap_counts(patient, 5, seed=1))  # patients x replicates
+    assert counts.shape == (patient.max() + 1, 5)
+    assert (counts.sum(axis=0) == patient.max() + 1).all()
+    weighted = _WeightedScores(y, p, patient).metrics(counts, 0.45)
+    for r in range(5):
+        index = np.repeat(np.arange(150), counts[patient, r].astype(int))
         explicit = binary_metrics(y[index], p[index], 0.45)
-        weighted = scores.metrics(w, 0.45)
-        for name in ("auc", "accuracy", "sensitivity", "specificity", "f1", "brier"):
-            assert weighted[name] == pytest.approx(explicit[name], abs=1e-12)
-        # a patient's images are drawn together
-        for k in range(patient.max() + 1):
-            assert len(set(w[patient == k])) == 1
+        for name in METRICS:
+            assert weighted[name][r] == pytest.approx(explicit[name], abs=1e-12)
+
+
+def test_vectorised_bootstrap_matches_a_per_replicate_loop(monkeypatch):
+    """Blocks of replicates give, replicate by replicate, what a plain loop over
+    the same draws gives with sklearn's weighted AUC and weighted confusion counts,
+    skipping the same one-class replicates."""
+    from sklearn.metrics import roc_auc_score
+
+    from pipelines import metrics
+
+    monkeypatch.setattr(metrics, "_BLOCK", 7 * 30)  # blocks of 7 replicates, the last partial
+    rng = np.random.default_rng(5)
+    groups = rng.integers(0, 9, 30)
+    y = np.isin(groups, [2, 7]).astype(int)  # two positive patients: some replicates lack one
+    p = np.round(rng.random(30), 1)  # ties
+    q = np.round(0.3 * y + 0.6 * rng.random(30), 1)
+    threshold, n_boot, seed = 0.85, 60, 0
+
+    _, patient = np.unique(groups, return_inverse=True)
+    n_patients = patient.max() + 1
+    draws = np.random.default_rng(seed)
+    ref = {name: [] for name in metrics.METRICS}
+    ref_diffs = []
+    for _ in range(n_boot):
+        w = np.bincount(draws.integers(0, n_patients, n_patients), minlength=n_patients)[patient]
+        if w[y == 1].sum() == 0 or w[y == 0].sum() == 0:
+            continue
+        pred = p >= threshold
+        tp, fp = w[pred & (y == 1)].sum(), w[pred & (y == 0)].sum()
+        fn, tn = w[~pred & (y == 1)].sum(), w[~pred & (y == 0)].sum()
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        sensitivity = tp / (tp + fn)
+        ref["auc"].append(roc_auc_score(y, p, sample_weight=w))
+        ref["accuracy"].append((tp + tn) / w.sum())
+        ref["sensitivity"].append(sensitivity)
+        ref["specificity"].append(tn / (tn + fp))
+        ref["f1"].append(2 * precision * sensitivity / (precision + sensitivity)
+                         if precision + sensitivity else 0.0)
+        ref["brier"].append(np.average((p - y) ** 2, weights=w))
+        ref_diffs.append(ref["auc"][-1] - roc_auc_score(y, q, sample_weight=w))
+    assert 0 < len(ref_diffs) < n_boot and 0.0 in ref["f1"]
+
+    scores = metrics._WeightedScores(y, p, metrics._patients(groups))
+    blocks = [scores.with_both_classes(counts)
+              for counts in metrics._bootstrap_counts(metrics._patients(groups), n_boot, seed)]
+    assert len(blocks) == 9
+    values = [scores.metrics(counts, threshold) for counts in blocks]
+    for name in metrics.METRICS:
+        got = np.concatenate([v[name] for v in values])
+        np.testing.assert_allclose(got, ref[name], rtol=0, atol=1e-12, err_msg=name)
+
+    ci = metrics.bootstrap_ci(y, p, groups, threshold, n_boot=n_boot, seed=seed)
+    for name in metrics.METRICS:
+        assert ci[name] == pytest.approx(list(np.percentile(ref[name], [2.5, 97.5])), abs=1e-12)
+    boot = metrics.paired_bootstrap_auc(y, p, q, groups, n_boot=n_boot, seed=seed)
+    ref_diffs = np.asarray(ref_diffs)
+    assert boot["ci"] == pytest.approx(list(np.percentile(ref_diffs, [2.5, 97.5])), abs=1e-12)
+    assert boot["p_value"] == pytest.approx(
+        min(1.0, 2 * min((ref_diffs <= 0).mean(), (ref_diffs >= 0).mean())), abs=1e-12)
+    assert boot["diff"] == pytest.approx(auc(y, p) - auc(y, q), abs=1e-12)
