@@ -6,9 +6,9 @@ import pytest
 
 from pipelines.assemble import extract_counter_squash_features, make_extractor
 from xray_features import ReadImages
-from xray_features.augment import (NORMAL_TO_PNEUMONIA_ASPECT, Stretch, counter_squash,
-                                   counter_squash_copies)
-from xray_features.preprocess import default_preprocessor
+from xray_features.augment import (NORMAL_TO_PNEUMONIA_ASPECT, RandomZoom, Stretch,
+                                   counter_squash, counter_squash_copies)
+from xray_features.preprocess import BorderCrop, default_preprocessor
 
 from .conftest import phantom, write_image
 
@@ -59,3 +59,24 @@ def test_counter_squash_features_follow_read_stretch_preprocess(tmp_path):
     again = extract_counter_squash_features(paths, labels, ["hog"], tmp_path / "cache",
                                             progress=False)["hog"]
     np.testing.assert_array_equal(again, got)
+
+
+def test_random_zoom_is_a_border_crop_resized_back_with_a_reproducible_draw():
+    images = np.stack([phantom(96, seed=s) for s in range(6)])
+    zoom = RandomZoom(max_fraction=0.2, random_state=3)
+    out = zoom.transform(images)
+    assert out.shape == images.shape
+    fractions = [zoom.fraction(image) for image in images]
+    assert all(0 <= f <= 0.2 for f in fractions) and len(set(fractions)) == len(fractions)
+    for image, fraction, got in zip(images, fractions, out):
+        crop = BorderCrop(fraction).transform(image[None])[0]
+        np.testing.assert_array_equal(got, cv2.resize(crop, (96, 96), interpolation=cv2.INTER_LINEAR))
+    np.testing.assert_array_equal(RandomZoom(0.2, random_state=3).transform(images[::-1]), out[::-1])
+    assert RandomZoom(0.2, random_state=4).fraction(images[0]) != fractions[0]
+
+
+def test_random_zoom_refuses_bad_parameters():
+    with pytest.raises(ValueError, match="max_fraction"):
+        RandomZoom(max_fraction=0.5).transform(np.ones((1, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="random_state"):
+        RandomZoom(random_state=np.random.RandomState(0)).transform(np.ones((1, 8, 8), np.float32))

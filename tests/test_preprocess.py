@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from xray_features.preprocess import CLAHE, LungCrop, Resize, default_preprocessor
+from xray_features.preprocess import (CLAHE, BorderCrop, EqualizeHistogram, LungCrop, Resize,
+                                     default_preprocessor)
 
 from .conftest import phantom
 
@@ -98,3 +99,27 @@ def test_default_preprocessor_squashes_like_the_training_images():
     padded = default_preprocessor(size=64, resize_mode="pad").transform([wide])[0]
     assert np.all(padded[:8] == 0) and out[:8].max() > 0  # pad bands only when asked for
     assert default_preprocessor().get_params()["resize__mode"] == "squash"
+
+
+def test_border_crop_cuts_the_same_fraction_off_every_side():
+    image = np.arange(100 * 80, dtype=np.float32).reshape(100, 80) / (100 * 80)
+    cropped = BorderCrop(fraction=0.1).transform(image[None])[0]
+    np.testing.assert_array_equal(cropped, image[10:90, 8:72])
+
+
+def test_border_crop_keeps_a_pixel_and_refuses_half():
+    assert BorderCrop(fraction=0.45).transform(np.ones((1, 1, 3), np.float32)).shape == (1, 1, 1)
+    with pytest.raises(ValueError, match="fraction"):
+        BorderCrop(fraction=0.5).transform(np.ones((1, 8, 8), np.float32))
+
+
+def test_equalize_histogram_undoes_exposure_and_spreads_the_levels():
+    rng = np.random.default_rng(0)
+    levels = rng.integers(0, 64, size=(64, 64))
+    dim = (100 + levels).astype(np.float32) / 255.0        # a dark, flat film
+    bright = (150 + 1.5 * levels).astype(np.float32) / 255.0  # the same film, exposed differently
+    out_dim, out_bright = EqualizeHistogram().transform(np.stack([dim, bright]))
+    np.testing.assert_array_equal(out_dim, out_bright)
+    assert out_dim.min() < 0.05 and out_dim.max() == 1.0
+    order = np.argsort(dim, axis=None, kind="stable")
+    assert np.all(np.diff(out_dim.ravel()[order]) >= 0)  # a monotone grey-level map

@@ -72,6 +72,15 @@ def resize_to(image, height, width):
     return cv2.resize(image, (width, height), interpolation=interpolation)
 
 
+def crop_border(image, fraction):
+    """``image`` without ``fraction`` of its height and width on every side
+    (at least one pixel is kept)."""
+    height, width = image.shape
+    top = min(int(round(height * fraction)), (height - 1) // 2)
+    left = min(int(round(width * fraction)), (width - 1) // 2)
+    return image[top:height - top, left:width - left]
+
+
 def map_images(function, images, n_jobs=None):
     """``[function(im) for im in images]``, in parallel when ``n_jobs`` asks for it."""
     if n_jobs in (None, 1) or len(images) < 64:

@@ -13,9 +13,11 @@ import cv2
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from ._images import ImageTransformerMixin, as_images, like_input, resize_to, to_uint8
+from ._images import (ImageTransformerMixin, as_images, crop_border, like_input, resize_to,
+                      to_uint8)
 
-__all__ = ["CLAHE", "LungCrop", "Resize", "CropBox", "default_preprocessor"]
+__all__ = ["CLAHE", "EqualizeHistogram", "BorderCrop", "LungCrop", "Resize", "CropBox",
+           "default_preprocessor"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,33 @@ class CLAHE(ImageTransformerMixin):
             equalised = clahe.apply(to_uint8(image))
             out.append(equalised.astype(np.float32) / np.float32(255.0))
         return like_input(X, out)
+
+
+class EqualizeHistogram(ImageTransformerMixin):
+    """Global histogram equalisation (OpenCV, 8 bits): every image's grey
+    levels are mapped to a near-uniform histogram, whatever its exposure."""
+
+    def transform(self, X):
+        out = [cv2.equalizeHist(to_uint8(image)).astype(np.float32) / np.float32(255.0)
+               for image in as_images(X)]
+        return like_input(X, out)
+
+
+class BorderCrop(ImageTransformerMixin):
+    """Cut a fixed ``fraction`` of the height and of the width off every side.
+
+    Burned-in text and side markers sit near the film's edges; this removes
+    them the same way for every image, whatever its label (unlike `LungCrop`,
+    whose fallback rate differs by class). At least one pixel is kept.
+    """
+
+    def __init__(self, fraction=0.1):
+        self.fraction = fraction
+
+    def transform(self, X):
+        if not 0 <= self.fraction < 0.5:
+            raise ValueError(f"fraction must be in [0, 0.5), got {self.fraction!r}")
+        return like_input(X, [crop_border(image, self.fraction) for image in as_images(X)])
 
 
 class CropBox(NamedTuple):
