@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from xray_features import CachedExtractor, HOGFeatures, LBPFeatures, ReadImages, __version__
-from xray_features.augment import counter_squash
+from xray_features.augment import RandomZoom, counter_squash
 from xray_features.cache import FileFeatureCache
 from xray_features.cnn import OnnxEmbedder
 from xray_features.preprocess import default_preprocessor
@@ -134,10 +134,11 @@ def extract_features(paths, extractor_names, cache_dir=None, batch_size=128, n_j
 
 
 def extract_counter_squash_features(paths, labels, extractor_names, cache_dir=None,
-                                    preprocessor=None, extract=None, **kwargs):
+                                    preprocessor=None, extract=None, random_zoom=None, **kwargs):
     """Features of each image's `counter_squash` copy (read -> stretch ->
-    preprocess -> extract), in input order; cached like any features.
-    ``extract`` replaces `extract_features` (e.g. its Dask version)."""
+    [`RandomZoom` (``random_zoom``)] -> preprocess -> extract), in input order;
+    cached like any features. ``extract`` replaces `extract_features` (e.g.
+    its Dask version)."""
     extract = extract or extract_features
     preprocess = preprocessor if preprocessor is not None else default_preprocessor()
     labels = np.asarray(labels)
@@ -146,8 +147,10 @@ def extract_counter_squash_features(paths, labels, extractor_names, cache_dir=No
     for label in (0, 1):
         index = np.flatnonzero(labels == label)
         if len(index):
-            stretched = Pipeline([("stretch", counter_squash(label)),
-                                  ("preprocess", clone(preprocess))])
+            steps = [("stretch", counter_squash(label))]
+            if random_zoom:
+                steps.append(("zoom", RandomZoom(random_zoom)))
+            stretched = Pipeline(steps + [("preprocess", clone(preprocess))])
             parts[label] = (index, extract([paths[i] for i in index], extractor_names,
                                            cache_dir, preprocessor=stretched, **kwargs))
     out = {}

@@ -40,6 +40,8 @@ from .report import write_predictions, write_report
 from .selection import SELECTION_MARGIN, compare, evaluate, select_model
 
 PROBE = "baseline/cnn-probe"
+# --augment choice -> the RandomZoom of the counter-squash copies (None: not zoomed)
+AUGMENTATIONS = {"counter-squash": None, "counter-squash+zoom": 0.1, "none": None}
 
 
 def default_data_dir():
@@ -82,11 +84,13 @@ def build_parser():
     parser.add_argument("--lung-crop", action="store_true",
                         help="add LungCrop to the preprocessing (off by default: it lowered "
                         "site_val AUC, see experiments/site_val_log.md)")
-    parser.add_argument("--augment", choices=["counter-squash", "none"], default="counter-squash",
+    parser.add_argument("--augment", choices=AUGMENTATIONS, default="counter-squash",
                         help="training-time augmentation: 'counter-squash' adds, per training "
                         "image, a copy squashed like the other class (the train images were "
                         "squashed from originals whose shape differs by class; see "
-                        "experiments/aspect_study.py); copies never enter a test fold")
+                        "experiments/aspect_study.py); '+zoom' also zooms each copy in by its "
+                        "own random amount, up to 10%% off every side (experiments/"
+                        "image_study.py); copies never enter a test fold")
     parser.add_argument("--out", default="runs/latest", help="output folder")
     parser.add_argument("--cache-dir", default=default_cache_dir(),
                         help="cache folder for features and fitted models: a rerun with "
@@ -191,11 +195,12 @@ def main(argv=None):
     features = extract(train.paths, extractors, cache_dir, n_jobs=args.n_jobs,
                        progress=progress, preprocessor=preprocessor)
     copies = None
-    if args.augment == "counter-squash":
-        log("counter-squash copies of the training images")
+    if args.augment != "none":
+        log(f"{args.augment} copies of the training images")
         copies = extract_counter_squash_features(train.paths, y, extractors, cache_dir,
                                                  preprocessor=preprocessor, n_jobs=args.n_jobs,
-                                                 progress=progress, extract=extract)
+                                                 progress=progress, extract=extract,
+                                                 random_zoom=AUGMENTATIONS[args.augment])
     eval_index = eval_features = None
     if args.eval_dir:
         eval_index = index_dataset(args.eval_dir)

@@ -80,3 +80,18 @@ def test_random_zoom_refuses_bad_parameters():
         RandomZoom(max_fraction=0.5).transform(np.ones((1, 8, 8), np.float32))
     with pytest.raises(ValueError, match="random_state"):
         RandomZoom(random_state=np.random.RandomState(0)).transform(np.ones((1, 8, 8), np.float32))
+
+
+def test_zoomed_counter_squash_features_follow_read_stretch_zoom_preprocess(tmp_path):
+    paths = [write_image(tmp_path / f"{i}.png", phantom(120, seed=i)) for i in range(4)]
+    labels = np.array([0, 1, 1, 0])
+    got = extract_counter_squash_features(paths, labels, ["hog"], tmp_path / "cache",
+                                          progress=False, random_zoom=0.1)["hog"]
+    plain = extract_counter_squash_features(paths, labels, ["hog"], tmp_path / "cache",
+                                            progress=False)["hog"]
+    pre, hog = default_preprocessor(), make_extractor("hog")
+    for path, label, row, unzoomed in zip(paths, labels, got, plain):
+        stretched = counter_squash(label).transform(ReadImages().transform([path]))
+        zoomed = RandomZoom(0.1).transform(stretched)
+        np.testing.assert_array_equal(row, hog.transform(pre.transform(zoomed))[0])
+        assert not np.array_equal(row, unzoomed)  # its own cache entry, not the plain copy's
