@@ -22,11 +22,16 @@ from .decision import DecisionClassifier
 
 __all__ = ["EXTRACTORS", "HEADS", "parse_feature_sets", "make_extractor", "make_head",
            "make_feature_union", "make_pipeline", "extract_features",
-           "extract_counter_squash_features", "extract_preprocessed"]
+           "extract_counter_squash_features", "extract_zoom_features", "extract_training_copies",
+           "AUGMENTATIONS", "extract_preprocessed"]
 
 # cnn160: the same embedder at 160 px, the fast path (see benchmarks/README.md).
 EXTRACTORS = ("hog", "lbp", "cnn", "cnn160")
 HEADS = ("xgb", "logreg")
+# training copies per image: each is made once, cached, and joins only training folds
+AUGMENTATIONS = {"counter-squash+zoom": ("counter-squash", "zoom"),
+                 "counter-squash": ("counter-squash",), "none": ()}
+ZOOM = 0.1  # RandomZoom's max_fraction for the zoom copies
 
 
 def parse_feature_sets(text):
@@ -160,6 +165,25 @@ def extract_counter_squash_features(paths, labels, extractor_names, cache_dir=No
         for index, features in parts.values():
             out[name][index] = features[name]
     return out
+
+
+def extract_zoom_features(paths, extractor_names, cache_dir=None, preprocessor=None,
+                          extract=None, max_fraction=ZOOM, **kwargs):
+    """Features of each image's zoom copy (read -> `RandomZoom` -> preprocess ->
+    extract), in input order; cached like any features."""
+    extract = extract or extract_features
+    preprocess = preprocessor if preprocessor is not None else default_preprocessor()
+    zoomed = Pipeline([("zoom", RandomZoom(max_fraction)), ("preprocess", clone(preprocess))])
+    return extract(list(paths), extractor_names, cache_dir, preprocessor=zoomed, **kwargs)
+
+
+def extract_training_copies(augment, paths, labels, extractor_names, cache_dir=None, **kwargs):
+    """The copy sets of an `AUGMENTATIONS` choice: a list of ``{name: features}``,
+    each with one row per image of ``paths``."""
+    makers = {"counter-squash": lambda: extract_counter_squash_features(
+                  paths, labels, extractor_names, cache_dir, **kwargs),
+              "zoom": lambda: extract_zoom_features(paths, extractor_names, cache_dir, **kwargs)}
+    return [makers[kind]() for kind in AUGMENTATIONS[augment]]
 
 
 def extract_preprocessed(paths, preprocessor=None):

@@ -30,7 +30,7 @@ from xray_features import ReadImages
 from xray_features.dataset import fold_of, index_dataset, make_folds
 from xray_features.preprocess import default_preprocessor
 
-from .assemble import (HEADS, extract_counter_squash_features, extract_features,
+from .assemble import (AUGMENTATIONS, HEADS, extract_features, extract_training_copies,
                        make_feature_union, make_head, parse_feature_sets)
 from .baselines import finetuned_baselines
 from .decision import DecisionClassifier
@@ -40,8 +40,6 @@ from .report import write_predictions, write_report
 from .selection import SELECTION_MARGIN, compare, evaluate, select_model
 
 PROBE = "baseline/cnn-probe"
-# --augment choice -> the RandomZoom of the counter-squash copies (None: not zoomed)
-AUGMENTATIONS = {"counter-squash": None, "counter-squash+zoom": 0.1, "none": None}
 
 
 def default_data_dir():
@@ -84,13 +82,13 @@ def build_parser():
     parser.add_argument("--lung-crop", action="store_true",
                         help="add LungCrop to the preprocessing (off by default: it lowered "
                         "site_val AUC, see experiments/site_val_log.md)")
-    parser.add_argument("--augment", choices=AUGMENTATIONS, default="counter-squash",
-                        help="training-time augmentation: 'counter-squash' adds, per training "
-                        "image, a copy squashed like the other class (the train images were "
-                        "squashed from originals whose shape differs by class; see "
-                        "experiments/aspect_study.py); '+zoom' also zooms each copy in by its "
-                        "own random amount, up to 10%% off every side (experiments/"
-                        "image_study.py); copies never enter a test fold")
+    parser.add_argument("--augment", choices=AUGMENTATIONS, default="counter-squash+zoom",
+                        help="training-time copies of each training image: 'counter-squash', "
+                        "squashed like the other class (the train images were squashed from "
+                        "originals whose shape differs by class; experiments/aspect_study.py), "
+                        "and 'zoom', zoomed in by its own random amount, up to 10%% off every "
+                        "side (framing differs between sites; experiments/image_study.py); "
+                        "copies never enter a test fold")
     parser.add_argument("--out", default="runs/latest", help="output folder")
     parser.add_argument("--cache-dir", default=default_cache_dir(),
                         help="cache folder for features and fitted models: a rerun with "
@@ -194,13 +192,11 @@ def main(argv=None):
         extract = partial(extract_features_on_dask, scheduler=args.dask)
     features = extract(train.paths, extractors, cache_dir, n_jobs=args.n_jobs,
                        progress=progress, preprocessor=preprocessor)
-    copies = None
-    if args.augment != "none":
+    if AUGMENTATIONS[args.augment]:
         log(f"{args.augment} copies of the training images")
-        copies = extract_counter_squash_features(train.paths, y, extractors, cache_dir,
-                                                 preprocessor=preprocessor, n_jobs=args.n_jobs,
-                                                 progress=progress, extract=extract,
-                                                 random_zoom=AUGMENTATIONS[args.augment])
+    copies = extract_training_copies(args.augment, train.paths, y, extractors, cache_dir,
+                                     preprocessor=preprocessor, n_jobs=args.n_jobs,
+                                     progress=progress, extract=extract)
     eval_index = eval_features = None
     if args.eval_dir:
         eval_index = index_dataset(args.eval_dir)
@@ -233,9 +229,11 @@ def main(argv=None):
         log(f"fitting {name} ({args.cv}-fold CV + final fit)")
         X = np.hstack([features[e] for e in fs.split("+")])
         augment = {}
-        if copies is not None:
-            augment = {"X_aug": np.hstack([copies[e] for e in fs.split("+")]), "y_aug": y,
-                       "aug_source": np.arange(len(y))}
+        if copies:
+            augment = {"X_aug": np.vstack([np.hstack([c[e] for e in fs.split("+")])
+                                           for c in copies]),
+                       "y_aug": np.tile(y, len(copies)),
+                       "aug_source": np.tile(np.arange(len(y)), len(copies))}
         fit_args = (make_head(head, args.seed), folds, args.threshold_rule, X, y, augment,
                     versions)
         if fit is not fit_decision and fit.check_call_in_cache(*fit_args):

@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.assemble import extract_counter_squash_features, make_extractor
+from pipelines.assemble import (extract_counter_squash_features, extract_training_copies,
+                                extract_zoom_features, make_extractor)
 from xray_features import ReadImages
 from xray_features.augment import (NORMAL_TO_PNEUMONIA_ASPECT, RandomZoom, Stretch,
                                    counter_squash, counter_squash_copies)
@@ -95,3 +96,19 @@ def test_zoomed_counter_squash_features_follow_read_stretch_zoom_preprocess(tmp_
         zoomed = RandomZoom(0.1).transform(stretched)
         np.testing.assert_array_equal(row, hog.transform(pre.transform(zoomed))[0])
         assert not np.array_equal(row, unzoomed)  # its own cache entry, not the plain copy's
+
+
+def test_zoom_copies_follow_read_zoom_preprocess_and_join_the_counter_squash_ones(tmp_path):
+    paths = [write_image(tmp_path / f"{i}.png", phantom(120, seed=i)) for i in range(4)]
+    labels = np.array([0, 1, 1, 0])
+    got = extract_zoom_features(paths, ["hog"], tmp_path / "cache", progress=False)["hog"]
+    pre, hog = default_preprocessor(), make_extractor("hog")
+    for path, row in zip(paths, got):
+        zoomed = RandomZoom(0.1).transform(ReadImages().transform([path]))
+        np.testing.assert_array_equal(row, hog.transform(pre.transform(zoomed))[0])
+    squashed, zoomed = extract_training_copies("counter-squash+zoom", paths, labels, ["hog"],
+                                               tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(zoomed["hog"], got)
+    np.testing.assert_array_equal(squashed["hog"], extract_counter_squash_features(
+        paths, labels, ["hog"], tmp_path / "cache", progress=False)["hog"])
+    assert extract_training_copies("none", paths, labels, ["hog"]) == []

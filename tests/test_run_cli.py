@@ -26,7 +26,7 @@ def test_metrics_json_contract(trained_run):
         assert model["cv"]["ci"]["auc"][0] <= model["cv"]["auc"] <= model["cv"]["ci"]["auc"][1]
     assert results["selected"] in results["models"]
     assert not results["selected"].startswith("baseline/")
-    assert results["augment"] == "counter-squash"  # the default
+    assert results["augment"] == "counter-squash+zoom"  # the default
     against = results["selected_vs_baselines"]["baseline/cnn-probe"]
     assert against["cv"]["diff"] == pytest.approx(
         results["models"][results["selected"]]["cv"]["auc"]
@@ -39,8 +39,8 @@ def test_metrics_json_contract(trained_run):
         assert (trained_run / name).stat().st_size > 0
     html = (trained_run / "report.html").read_text()
     assert "data:image/png;base64," in html and "Per fold" in html
-    assert "augmentation counter-squash" in html
-    assert "augmentation counter-squash" in (trained_run / "report.md").read_text()
+    assert "augmentation counter-squash+zoom" in html
+    assert "augmentation counter-squash+zoom" in (trained_run / "report.md").read_text()
 
 
 def test_saved_model_reproduces_eval_scores(trained_run, synthetic_data):
