@@ -30,9 +30,10 @@ __all__ = ["head_scores", "recalibrate", "main"]
 
 
 def head_scores(model, paths):
-    """The head's uncalibrated probabilities for ``paths``."""
+    """The head's uncalibrated probabilities for ``paths`` (averaged over
+    test-time views, for a model that has them)."""
     features = model[:-1].transform(list(paths))
-    return model.steps[-1][1].estimator_.predict_proba(features)[:, 1]
+    return model.steps[-1][1].raw_score(features)
 
 
 def recalibrate(model, raw_scores, labels, threshold_rule="youden"):

@@ -55,6 +55,13 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
     n_jobs : int or None
         Threads for the fold fits and the final fit, which are independent
         (BLAS is held to one thread each meanwhile); None or 1: one at a time.
+    n_views : int
+        Test-time augmentation: each row of ``X`` holds ``n_views`` equal
+        blocks of columns, the features of views of one image (the image
+        itself first). ``estimator`` trains on the first block (``X_aug`` is
+        one block wide); a score is the mean logit of its probabilities over
+        the blocks, out of fold too, so calibration and threshold are fitted
+        on the scores that `predict` gives.
 
     Attributes
     ----------
@@ -66,12 +73,13 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, estimator, cv=5, calibration="sigmoid", threshold_rule="youden",
-                 n_jobs=None):
+                 n_jobs=None, n_views=1):
         self.estimator = estimator
         self.cv = cv
         self.calibration = calibration
         self.threshold_rule = threshold_rule
         self.n_jobs = n_jobs
+        self.n_views = n_views
 
     def fit(self, X, y, X_aug=None, y_aug=None, aug_source=None):
         """Fit on ``X, y``; augmented rows ``X_aug, y_aug`` (optional) join the
@@ -80,15 +88,17 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
         y = np.asarray(y)
         self.classes_ = np.array([0, 1])
         augment = _check_augment(len(y), X_aug, y_aug, aug_source)
-        splits = list(check_cv(self.cv, y, classifier=True).split(X, y))
+        views = self._views(X)
+        splits = list(check_cv(self.cv, y, classifier=True).split(views[0], y))
         jobs = [(train, test) for train, test in splits] + [(np.arange(len(y)), None)]
         with threadpool_limits(1 if (self.n_jobs or 1) != 1 else None):
             fitted = Parallel(n_jobs=self.n_jobs, backend="threading")(
-                delayed(_fit_one)(self.estimator, X, y, train, augment) for train, _ in jobs)
+                delayed(_fit_one)(self.estimator, views[0], y, train, augment)
+                for train, _ in jobs)
         raw = np.full(len(y), np.nan)
         fold = np.full(len(y), -1)
         for k, (model, (_, test)) in enumerate(zip(fitted[:-1], jobs[:-1])):
-            raw[test] = model.predict_proba(_take(X, test))[:, 1]
+            raw[test] = _mean_view_score(model, [_take(V, test) for V in views])
             fold[test] = k
         if np.isnan(raw).any():
             raise ValueError("cv must cover every sample exactly once as a test sample")
@@ -110,13 +120,38 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
     def _calibrate(self, raw):
         return raw if self.calibrator_ is None else self.calibrator_.transform(raw)
 
-    def predict_proba(self, X):
+    def __setstate__(self, state):
+        state.setdefault("n_views", 1)  # pickled before test-time views existed
+        super().__setstate__(state)
+
+    def _views(self, X):
+        """``X`` split into its ``n_views`` blocks of columns."""
+        if self.n_views == 1:
+            return [X]
+        X = np.asarray(X)
+        if self.n_views < 1 or X.shape[1] % self.n_views:
+            raise ValueError(f"X has {X.shape[1]} columns, not n_views={self.n_views} equal blocks")
+        return np.split(X, self.n_views, axis=1)
+
+    def raw_score(self, X):
+        """The refitted head's probability, averaged over the views (uncalibrated)."""
         check_is_fitted(self, "estimator_")
-        p = self._calibrate(self.estimator_.predict_proba(X)[:, 1])
+        return _mean_view_score(self.estimator_, self._views(X))
+
+    def predict_proba(self, X):
+        p = self._calibrate(self.raw_score(X))
         return np.column_stack([1 - p, p])
 
     def predict(self, X):
         return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
+
+
+def _mean_view_score(model, views):
+    """``model``'s probability of each row; over several views, the sigmoid of the mean logit."""
+    scores = [model.predict_proba(V)[:, 1] for V in views]
+    if len(scores) == 1:
+        return scores[0]
+    return 1 / (1 + np.exp(-np.mean([_logit(p) for p in scores], axis=0)))
 
 
 def _fit_one(estimator, X, y, index, augment):

@@ -49,6 +49,9 @@ def export_model(model, metadata, out_dir, check_paths=None):
     """Write ``model`` (a fitted xray-hybrid Pipeline) to ``out_dir``; returns the manifest."""
     out_dir = Path(out_dir)
     names = [name for name, _ in getattr(model, "steps", [])]
+    if names and getattr(model.steps[-1][1], "n_views", 1) > 1:
+        raise ExportError("models with test-time views (pipelines.run --tta) cannot be exported "
+                          "yet: score them with the joblib file")
     if names != ["read", "preprocess", "features", "classifier"]:
         raise ExportError(f"expected steps read, preprocess, features, classifier; got {names}")
     read, preprocess, features, classifier = (step for _, step in model.steps)

@@ -129,7 +129,8 @@ def _tables(results):
 def _setup(results):
     return (f"{results['n_train']} training images, {results['cv_folds']}-fold patient-grouped "
             f"CV (seed {results['seed']}), threshold rule {results['threshold_rule']}, "
-            f"augmentation {results.get('augment', 'none')}.")
+            f"augmentation {results.get('augment', 'none')}"
+            + (", test-time zoom views (mean logit)" if results.get("tta") else "") + ".")
 
 
 def _markdown(results, tables, plots):
