@@ -23,7 +23,7 @@ from pipelines.baselines import OOF_DIR, read_oof
 from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import Results, headline, site_val_look, study_parser  # noqa: E402
+from studies import Results, headline, mean_logit, site_val_look, study_parser  # noqa: E402
 
 ENSEMBLES = {
     "heads": ["hog+cnn/logreg", "hog+cnn/xgb"],
@@ -51,11 +51,6 @@ def saved_site_scores(member, paths):
     table = {key(p): proba for p, (_, _, proba) in
              read_oof(OOF_DIR / "site_val" / f"{member.split('/', 1)[1]}.csv").items()}
     return np.array([table[key(p)] for p in paths])
-
-
-def mean_logit(probas):
-    p = np.clip(np.stack(probas), 1e-6, 1 - 1e-6)
-    return 1 / (1 + np.exp(-np.mean(np.log(p / (1 - p)), axis=0)))
 
 
 def main(argv=None):

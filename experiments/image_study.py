@@ -55,12 +55,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.pipeline import Pipeline
 
 from pipelines.assemble import (extract_counter_squash_features, extract_features,
                                 extract_zoom_features, make_head)
 from pipelines.metrics import binary_metrics, youden_threshold
 from xray_features.preprocess import BorderCrop, EqualizeHistogram, default_preprocessor
+from xray_features.views import view_preprocessor, zoom_views
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aspect_study import summary  # noqa: E402
@@ -72,10 +72,11 @@ NAMES = ["hog", "cnn"]
 
 def before_default(step):
     """``step`` -> CLAHE -> squash to 224 px."""
-    return Pipeline([("first", step), *default_preprocessor().steps])
+    return view_preprocessor(step, default_preprocessor())
 
 
-VIEWS = {"zoom05": before_default(BorderCrop(0.05)), "zoom10": before_default(BorderCrop(0.1))}
+# the test-time views of `pipelines.run --tta`
+VIEWS = {f"zoom{round(100 * v.fraction):02d}": before_default(v) for v in zoom_views()}
 # name -> (preprocessor, RandomZoom of the counter-squash copies, extra training copies
 #          (VIEWS, or the zoom copy of `pipelines.run`, or none), score with the VIEWS too)
 VARIANTS = {

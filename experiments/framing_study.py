@@ -1,0 +1,65 @@
+"""Framing: how much of the film the lungs fill, on train/ (by class) and on site_val/ (unlabelled).
+
+    python experiments/framing_study.py
+
+LungCrop's lung box (on the CLAHE'd 224-px image) gives the lungs' height and
+width as fractions of the film's; images where LungCrop falls back are left
+out. On train/ it also reports how well each extent alone predicts the label
+(AUC). site_val/'s labels are not read: this compares image statistics only.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.metrics import auc
+from xray_features import ReadImages
+from xray_features.preprocess import CLAHE, LungCrop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from studies import Results, study_parser, train_site_folds  # noqa: E402
+
+
+def lung_extent(paths, batch=256):
+    """(found, height fraction, width fraction) of the lung box of each image."""
+    rows = []
+    for start in range(0, len(paths), batch):
+        images = CLAHE().transform(ReadImages().transform(paths[start:start + batch]))
+        for box, image in zip(LungCrop().find_boxes(images), images):
+            rows.append((box.found, (box.bottom - box.top) / image.shape[0],
+                         (box.right - box.left) / image.shape[1]))
+    found, height, width = (np.array(column) for column in zip(*rows))
+    return found.astype(bool), height, width
+
+
+def describe(found, height, width):
+    return {"n": int(len(found)), "found": round(float(found.mean()), 3),
+            "height_median": round(float(np.median(height[found])), 3),
+            "width_median": round(float(np.median(width[found])), 3)}
+
+
+def main(argv=None):
+    parser = study_parser(__doc__, out="runs/framing_study.json", site_val=False)
+    args = parser.parse_args(argv)
+    train, site, _ = train_site_folds(args.data)
+    results = Results()
+    found, height, width = lung_extent(list(train.paths))
+    y = train.labels
+    for label, name in ((0, "train NORMAL"), (1, "train PNEUMONIA")):
+        keep = y == label
+        results.add(name, describe(found[keep], height[keep], width[keep]))
+    results.add("train: AUC of the extent for PNEUMONIA",
+                {"height": round(auc(y[found], height[found]), 3),
+                 "width": round(auc(y[found], width[found]), 3)})
+    results.add("train (all)", describe(found, height, width))
+    if site is not None:
+        results.add("site_val (unlabelled)", describe(*lung_extent(list(site.paths))))
+    results.save(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
