@@ -26,7 +26,7 @@ taken under the same machine load):
 - optionally (``--with-comparison``, or ``--only-comparison`` alone) the wall
   time of the 5-fold hog+cnn comparison, ``python -m pipelines.run``: cold (empty
   cache), warm (features cached, heads refitted), rerun (fits cached too), and
-  warm without augmentation.
+  warm with counter-squash copies only and without augmentation.
 
 The machine load (``os.getloadavg()``) and the CPU share the process got are
 recorded next to every section: on a shared machine they explain the figures.
@@ -425,14 +425,18 @@ def stream_child(model_path, listing, n):
 def comparison(data_root, tmp, quick):
     """Wall time of the 5-fold hog+cnn comparison: cold (empty cache); warm
     (features cached, every head refitted); a rerun of the warm command
-    (features and fitted models cached); warm without augmentation (refitted)."""
-    print("comparison: cold, warm, rerun, warm without augmentation ...", flush=True)
+    (features and fitted models cached); warm with counter-squash copies only, and
+    without augmentation (refitted)."""
+    print("comparison: cold, warm, rerun, warm with counter-squash copies only, warm without "
+          "augmentation ...", flush=True)
     cache = Path(tmp) / "comparison-cache"
     out = {"load_before": load()}
-    for kind in ("cold", "warm", "rerun", "warm_no_augment"):
+    for kind in ("cold", "warm", "rerun", "warm_counter_squash", "warm_no_augment"):
         cmd = [sys.executable, "-m", "pipelines.run", "--data", str(data_root), "--features",
                "hog+cnn", "--out", str(Path(tmp) / f"comparison-{kind}"), "--cache-dir",
                str(cache), "--quiet"]
+        if kind == "warm_counter_squash":
+            cmd += ["--augment", "counter-squash"]
         if kind == "warm_no_augment":
             cmd += ["--augment", "none"]
         if quick:
@@ -463,7 +467,8 @@ def targets(results):
         rows += scoring_targets(results)
     c = results.get("comparison")
     for kind, key in (("cold", "comparison_cold_s"), ("warm", "comparison_warm_s"),
-                      ("rerun", "comparison_warm_s"), ("warm_no_augment", "comparison_warm_s")):
+                      ("rerun", "comparison_warm_s"), ("warm_counter_squash", "comparison_warm_s"),
+                      ("warm_no_augment", "comparison_warm_s")):
         if c and c.get(kind, {}).get("returncode") == 0:
             wall = c[kind]["wall_s"]
             rows.append((f"5-fold hog+cnn comparison {kind} <= {TARGETS[key]:.0f} s",
