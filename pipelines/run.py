@@ -209,7 +209,7 @@ def main(argv=None):
     views = zoom_views() if args.tta else []
 
     def extract_views(paths):
-        """The features of ``paths`` and then of each test-time view of them."""
+        """The features of each test-time view of ``paths``, one dict per view."""
         return [extract(paths, extractors, cache_dir, n_jobs=args.n_jobs, progress=progress,
                         preprocessor=view_preprocessor(view, preprocessor)) for view in views]
 
@@ -250,8 +250,7 @@ def main(argv=None):
         X = _stack(fs, features)
         augment = {}
         if copies:
-            augment = {"X_aug": np.vstack([np.hstack([c[e] for e in fs.split("+")])
-                                           for c in copies]),
+            augment = {"X_aug": np.vstack([_stack(fs, [c]) for c in copies]),
                        "y_aug": np.tile(y, len(copies)),
                        "aug_source": np.tile(np.arange(len(y)), len(copies))}
         fit_args = (make_head(head, args.seed), folds, args.threshold_rule, X, y, augment,
