@@ -9,9 +9,10 @@ averages over with ``n_views``.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
+from ._images import ImageTransformerMixin
 from .preprocess import BorderCrop
 
 __all__ = ["ViewFeatures", "ZOOM_VIEWS", "zoom_views", "view_preprocessor"]
@@ -30,7 +31,7 @@ def view_preprocessor(view, preprocessor):
     return Pipeline([("view", clone(view)), ("preprocess", clone(preprocessor))])
 
 
-class ViewFeatures(TransformerMixin, BaseEstimator):
+class ViewFeatures(ImageTransformerMixin):
     """``features(preprocessor(image))`` followed by ``features(preprocessor(view(image)))``
     for each of ``views``, as one row per image.
 
@@ -46,10 +47,6 @@ class ViewFeatures(TransformerMixin, BaseEstimator):
         self.features = features
         self.views = views
 
-    def fit(self, X, y=None):
-        """Nothing is learnt: the preprocessor and the extractors are stateless."""
-        return self
-
     def transform(self, X):
         blocks = [self.features.transform(self.preprocessor.transform(X))]
         for view in self.views:
@@ -59,8 +56,3 @@ class ViewFeatures(TransformerMixin, BaseEstimator):
     @property
     def n_views(self):
         return 1 + len(self.views)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        return tags
