@@ -55,7 +55,7 @@ def default_cache_dir():
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.run",
-        description=__doc__.split("\n\n")[0] + ". Writes metrics.json, report.md, "
+        description=__doc__.split("\n\n")[0] + " Writes metrics.json, report.md, "
         "report.html, ROC / confusion / calibration plots, per-image predictions "
         "(predictions_cv.csv, out of fold; predictions_eval.csv) and the fitted models to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
