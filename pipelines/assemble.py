@@ -168,21 +168,24 @@ def extract_counter_squash_features(paths, labels, extractor_names, cache_dir=No
 
 
 def extract_zoom_features(paths, extractor_names, cache_dir=None, preprocessor=None,
-                          extract=None, max_fraction=ZOOM, **kwargs):
+                          extract=None, max_fraction=ZOOM, random_state=0, **kwargs):
     """Features of each image's zoom copy (read -> `RandomZoom` -> preprocess ->
     extract), in input order; cached like any features."""
     extract = extract or extract_features
     preprocess = preprocessor if preprocessor is not None else default_preprocessor()
-    zoomed = Pipeline([("zoom", RandomZoom(max_fraction)), ("preprocess", clone(preprocess))])
+    zoomed = Pipeline([("zoom", RandomZoom(max_fraction, random_state)),
+                       ("preprocess", clone(preprocess))])
     return extract(list(paths), extractor_names, cache_dir, preprocessor=zoomed, **kwargs)
 
 
-def extract_training_copies(augment, paths, labels, extractor_names, cache_dir=None, **kwargs):
+def extract_training_copies(augment, paths, labels, extractor_names, cache_dir=None,
+                            random_state=0, **kwargs):
     """The copy sets of an `AUGMENTATIONS` choice: a list of ``{name: features}``,
-    each with one row per image of ``paths``."""
+    each with one row per image of ``paths``; ``random_state`` seeds the zooms."""
     makers = {"counter-squash": lambda: extract_counter_squash_features(
                   paths, labels, extractor_names, cache_dir, **kwargs),
-              "zoom": lambda: extract_zoom_features(paths, extractor_names, cache_dir, **kwargs)}
+              "zoom": lambda: extract_zoom_features(paths, extractor_names, cache_dir,
+                                                    random_state=random_state, **kwargs)}
     return [makers[kind]() for kind in AUGMENTATIONS[augment]]
 
 

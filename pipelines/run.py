@@ -74,7 +74,7 @@ def build_parser():
                         help="a labelled folder (<dir>/NORMAL, <dir>/PNEUMONIA) scored by the "
                         "models fitted on all of the training data; never used for fitting")
     parser.add_argument("--cv", type=int, default=5, help="number of patient-grouped folds")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the heads")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the folds, the heads and the zoom copies")
     parser.add_argument("--limit", type=int, default=None,
                         help="use a stratified, patient-grouped subsample of about N images")
     parser.add_argument("--threshold-rule", default="youden",
@@ -204,8 +204,8 @@ def main(argv=None):
     if AUGMENTATIONS[args.augment]:
         log(f"{args.augment} copies of the training images")
     copies = extract_training_copies(args.augment, train.paths, y, extractors, cache_dir,
-                                     preprocessor=preprocessor, n_jobs=args.n_jobs,
-                                     progress=progress, extract=extract)
+                                     random_state=args.seed, preprocessor=preprocessor,
+                                     n_jobs=args.n_jobs, progress=progress, extract=extract)
     views = zoom_views() if args.tta else []
 
     def extract_views(paths):

@@ -112,3 +112,6 @@ def test_zoom_copies_follow_read_zoom_preprocess_and_join_the_counter_squash_one
     np.testing.assert_array_equal(squashed["hog"], extract_counter_squash_features(
         paths, labels, ["hog"], tmp_path / "cache", progress=False)["hog"])
     assert extract_training_copies("none", paths, labels, ["hog"]) == []
+    _, reseeded = extract_training_copies("counter-squash+zoom", paths, labels, ["hog"],
+                                          random_state=1, progress=False)
+    assert not np.array_equal(reseeded["hog"], got)  # the run's --seed reaches the zooms

@@ -19,7 +19,8 @@ import numpy as np
 
 from ._images import ImageTransformerMixin, as_images, crop_border, like_input, resize_to
 
-__all__ = ["Stretch", "RandomZoom", "counter_squash", "counter_squash_copies", "NORMAL_TO_PNEUMONIA_ASPECT"]
+__all__ = ["Stretch", "RandomZoom", "counter_squash", "counter_squash_copies",
+           "NORMAL_TO_PNEUMONIA_ASPECT"]
 
 # median original width/height: PNEUMONIA 1.50 / NORMAL 1.21 (../shared/data/README.md)
 NORMAL_TO_PNEUMONIA_ASPECT = 1.50 / 1.21
