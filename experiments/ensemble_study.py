@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.baselines import OOF_DIR, read_oof
+from pipelines.decision import mean_logit
 from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import Results, headline, mean_logit, site_val_look, study_parser  # noqa: E402
+from studies import Results, headline, site_val_look, study_parser  # noqa: E402
 
 ENSEMBLES = {
     "heads": ["hog+cnn/logreg", "hog+cnn/xgb"],

@@ -58,14 +58,15 @@ import numpy as np
 
 from pipelines.assemble import (extract_counter_squash_features, extract_features,
                                 extract_zoom_features, make_head)
+from pipelines.decision import mean_logit
 from pipelines.metrics import binary_metrics, youden_threshold
 from xray_features.preprocess import BorderCrop, EqualizeHistogram, default_preprocessor
 from xray_features.views import view_preprocessor, zoom_views
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aspect_study import summary  # noqa: E402
-from studies import (Results, cross_fit, headline, mean_logit, site_val_look,  # noqa: E402
-                     study_parser, train_site_folds)
+from studies import (Results, cross_fit, headline, site_val_look, study_parser,  # noqa: E402
+                     train_site_folds)
 
 NAMES = ["hog", "cnn"]
 

@@ -78,12 +78,6 @@ def cross_fit(head, X, y, folds, copies=(), stress=None):
             lambda Z: calibrator.transform(final.predict_proba(Z)[:, 1]))
 
 
-def mean_logit(probas):
-    """The ensemble score of several probability arrays: the sigmoid of their mean logit."""
-    p = np.clip(np.stack(probas), 1e-6, 1 - 1e-6)
-    return 1 / (1 + np.exp(-np.mean(np.log(p / (1 - p)), axis=0)))
-
-
 def headline(metrics):
     """AUC, accuracy, sensitivity and specificity, rounded for the JSON report."""
     return {k: round(metrics[k], 4) for k in ("auc", "accuracy", "sensitivity", "specificity")}

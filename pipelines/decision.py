@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from .metrics import choose_threshold
 
-__all__ = ["DecisionClassifier", "PlattCalibrator"]
+__all__ = ["DecisionClassifier", "PlattCalibrator", "mean_logit"]
 
 _EPS = 1e-6
 
@@ -146,12 +146,15 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
         return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
 
 
+def mean_logit(probas):
+    """Several probability arrays as one: the sigmoid of their mean logit."""
+    return 1 / (1 + np.exp(-np.mean([_logit(p) for p in probas], axis=0)))
+
+
 def _mean_view_score(model, views):
-    """``model``'s probability of each row; over several views, the sigmoid of the mean logit."""
+    """``model``'s probability of each row; over several views, their `mean_logit`."""
     scores = [model.predict_proba(V)[:, 1] for V in views]
-    if len(scores) == 1:
-        return scores[0]
-    return 1 / (1 + np.exp(-np.mean([_logit(p) for p in scores], axis=0)))
+    return scores[0] if len(scores) == 1 else mean_logit(scores)
 
 
 def _fit_one(estimator, X, y, index, augment):
