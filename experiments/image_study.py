@@ -59,6 +59,7 @@ import numpy as np
 from pipelines.assemble import (extract_counter_squash_features, extract_features,
                                 extract_zoom_features, make_head)
 from pipelines.decision import mean_logit
+from xray_features.augment import RandomZoom
 from pipelines.metrics import binary_metrics, youden_threshold
 from xray_features.preprocess import BorderCrop, EqualizeHistogram, default_preprocessor
 from xray_features.views import view_preprocessor, zoom_views
@@ -95,12 +96,13 @@ VARIANTS = {
 
 def features(paths, pre, cache_dir, labels=None, random_zoom=None):
     """hog+cnn of ``paths`` under ``pre``; with ``labels``, of their counter-squash
-    copies (zoomed by ``random_zoom``)."""
+    copies (zoomed after the stretch by ``RandomZoom(random_zoom)``)."""
     if labels is None:
         found = extract_features(paths, NAMES, cache_dir, preprocessor=pre)
     else:
-        found = extract_counter_squash_features(paths, labels, NAMES, cache_dir, preprocessor=pre,
-                                                random_zoom=random_zoom)
+        if random_zoom:
+            pre = view_preprocessor(RandomZoom(random_zoom), pre)
+        found = extract_counter_squash_features(paths, labels, NAMES, cache_dir, preprocessor=pre)
     return np.hstack([found[n] for n in NAMES])
 
 

@@ -17,6 +17,7 @@ from xray_features.augment import RandomZoom, counter_squash
 from xray_features.cache import FileFeatureCache
 from xray_features.cnn import OnnxEmbedder
 from xray_features.preprocess import default_preprocessor
+from xray_features.views import view_preprocessor
 
 from .decision import DecisionClassifier
 
@@ -139,11 +140,10 @@ def extract_features(paths, extractor_names, cache_dir=None, batch_size=128, n_j
 
 
 def extract_counter_squash_features(paths, labels, extractor_names, cache_dir=None,
-                                    preprocessor=None, extract=None, random_zoom=None, **kwargs):
+                                    preprocessor=None, extract=None, **kwargs):
     """Features of each image's `counter_squash` copy (read -> stretch ->
-    [`RandomZoom` (``random_zoom``)] -> preprocess -> extract), in input order;
-    cached like any features. ``extract`` replaces `extract_features` (e.g.
-    its Dask version)."""
+    preprocess -> extract), in input order; cached like any features.
+    ``extract`` replaces `extract_features` (e.g. its Dask version)."""
     extract = extract or extract_features
     preprocess = preprocessor if preprocessor is not None else default_preprocessor()
     labels = np.asarray(labels)
@@ -152,10 +152,8 @@ def extract_counter_squash_features(paths, labels, extractor_names, cache_dir=No
     for label in (0, 1):
         index = np.flatnonzero(labels == label)
         if len(index):
-            steps = [("stretch", counter_squash(label))]
-            if random_zoom:
-                steps.append(("zoom", RandomZoom(random_zoom)))
-            stretched = Pipeline(steps + [("preprocess", clone(preprocess))])
+            stretched = Pipeline([("stretch", counter_squash(label)),
+                                  ("preprocess", clone(preprocess))])
             parts[label] = (index, extract([paths[i] for i in index], extractor_names,
                                            cache_dir, preprocessor=stretched, **kwargs))
     out = {}
@@ -173,8 +171,7 @@ def extract_zoom_features(paths, extractor_names, cache_dir=None, preprocessor=N
     extract), in input order; cached like any features."""
     extract = extract or extract_features
     preprocess = preprocessor if preprocessor is not None else default_preprocessor()
-    zoomed = Pipeline([("zoom", RandomZoom(max_fraction, random_state)),
-                       ("preprocess", clone(preprocess))])
+    zoomed = view_preprocessor(RandomZoom(max_fraction, random_state), preprocess)
     return extract(list(paths), extractor_names, cache_dir, preprocessor=zoomed, **kwargs)
 
 

@@ -10,6 +10,7 @@ from xray_features import ReadImages
 from xray_features.augment import (NORMAL_TO_PNEUMONIA_ASPECT, RandomZoom, Stretch,
                                    counter_squash, counter_squash_copies)
 from xray_features.preprocess import BorderCrop, default_preprocessor
+from xray_features.views import view_preprocessor
 
 from .conftest import phantom, write_image
 
@@ -86,8 +87,9 @@ def test_random_zoom_refuses_bad_parameters():
 def test_zoomed_counter_squash_features_follow_read_stretch_zoom_preprocess(tmp_path):
     paths = [write_image(tmp_path / f"{i}.png", phantom(120, seed=i)) for i in range(4)]
     labels = np.array([0, 1, 1, 0])
-    got = extract_counter_squash_features(paths, labels, ["hog"], tmp_path / "cache",
-                                          progress=False, random_zoom=0.1)["hog"]
+    got = extract_counter_squash_features(
+        paths, labels, ["hog"], tmp_path / "cache", progress=False,
+        preprocessor=view_preprocessor(RandomZoom(0.1), default_preprocessor()))["hog"]
     plain = extract_counter_squash_features(paths, labels, ["hog"], tmp_path / "cache",
                                             progress=False)["hog"]
     pre, hog = default_preprocessor(), make_extractor("hog")
