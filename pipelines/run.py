@@ -199,29 +199,26 @@ def main(argv=None):
     if args.dask:
         from .dask_scoring import extract_features_on_dask
         extract = partial(extract_features_on_dask, scheduler=args.dask)
-    features = extract(train.paths, extractors, cache_dir, n_jobs=args.n_jobs,
-                       progress=progress, preprocessor=preprocessor)
+    views = zoom_views() if args.tta else []
+    view_chains = [preprocessor] + [view_preprocessor(view, preprocessor) for view in views]
+
+    def extract_views(paths):
+        """The features of ``paths`` and then of each test-time view: one dict per view."""
+        return [extract(paths, extractors, cache_dir, n_jobs=args.n_jobs, progress=progress,
+                        preprocessor=chain) for chain in view_chains]
+
+    if views:
+        log("training images and their test-time views")
+    features = extract_views(train.paths)
     if AUGMENTATIONS[args.augment]:
         log(f"{args.augment} copies of the training images")
     copies = extract_training_copies(args.augment, train.paths, y, extractors, cache_dir,
                                      random_state=args.seed, preprocessor=preprocessor,
                                      n_jobs=args.n_jobs, progress=progress, extract=extract)
-    views = zoom_views() if args.tta else []
-
-    def extract_views(paths):
-        """The features of each test-time view of ``paths``, one dict per view."""
-        return [extract(paths, extractors, cache_dir, n_jobs=args.n_jobs, progress=progress,
-                        preprocessor=view_preprocessor(view, preprocessor)) for view in views]
-
-    if views:
-        log("test-time views of the training images")
-    features = [features] + extract_views(train.paths)
     eval_index = eval_features = None
     if args.eval_dir:
         eval_index = index_dataset(args.eval_dir)
-        eval_features = [extract(eval_index.paths, extractors, cache_dir, n_jobs=args.n_jobs,
-                                 progress=progress, preprocessor=preprocessor)]
-        eval_features += extract_views(eval_index.paths)
+        eval_features = extract_views(eval_index.paths)
 
     fit, versions = fit_decision, library_versions()
     if cache_dir is not None:
