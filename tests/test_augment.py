@@ -7,7 +7,7 @@ import pytest
 from pipelines.assemble import (extract_counter_squash_features, extract_training_copies,
                                 extract_zoom_features, make_extractor)
 from xray_features import ReadImages
-from xray_features.augment import (NORMAL_TO_PNEUMONIA_ASPECT, RandomZoom, Stretch,
+from xray_features.augment import (NORMAL_TO_PNEUMONIA_ASPECT, Intensity, RandomZoom, Stretch,
                                    counter_squash, counter_squash_copies)
 from xray_features.preprocess import BorderCrop, default_preprocessor
 from xray_features.views import view_preprocessor
@@ -82,6 +82,35 @@ def test_random_zoom_refuses_bad_parameters():
         RandomZoom(max_fraction=0.5).transform(np.ones((1, 8, 8), np.float32))
     with pytest.raises(ValueError, match="random_state"):
         RandomZoom(random_state=np.random.RandomState(0)).transform(np.ones((1, 8, 8), np.float32))
+
+
+def test_intensity_known_values():
+    ramp = np.tile(np.linspace(0, 1, 5, dtype=np.float32), (2, 1))[None]
+    np.testing.assert_allclose(Intensity().transform(ramp), ramp, atol=1e-7)
+    np.testing.assert_allclose(Intensity(gamma=2).transform(ramp)[0, 0], [0, 1 / 16, 1 / 4, 9 / 16, 1])
+    # contrast 0.5 about the mean 0.5: [0.25, 0.375, 0.5, 0.625, 0.75]
+    np.testing.assert_allclose(Intensity(contrast=0.5).transform(ramp)[0, 0],
+                               [0.25, 0.375, 0.5, 0.625, 0.75], atol=1e-7)
+    np.testing.assert_allclose(Intensity(black=0.2).transform(ramp)[0, 0], [0.2, 0.4, 0.6, 0.8, 1.0],
+                               atol=1e-7)
+
+
+def test_intensity_keeps_the_order_of_grey_levels_and_the_range():
+    images = np.stack([phantom(64, seed=s) for s in range(3)])
+    for step in (Intensity(gamma=0.8, contrast=0.85, black=0.05), Intensity(gamma=1.25, contrast=1.3)):
+        out = step.transform(images)
+        assert out.dtype == np.float32 and out.shape == images.shape
+        assert out.min() >= 0 and out.max() <= 1
+        for image, got in zip(images, out):
+            order = np.argsort(image, axis=None, kind="stable")
+            assert np.all(np.diff(got.ravel()[order]) >= -1e-6)  # monotone: nothing reordered
+    assert Intensity(black=0.05).transform(images).min() >= 0.05 - 1e-7
+
+
+def test_intensity_refuses_bad_parameters():
+    for bad in ({"gamma": 0}, {"contrast": -1}, {"black": 1.0}):
+        with pytest.raises(ValueError, match="gamma > 0"):
+            Intensity(**bad).transform(np.ones((1, 8, 8), np.float32))
 
 
 def test_zoomed_counter_squash_features_follow_read_stretch_zoom_preprocess(tmp_path):

@@ -8,7 +8,9 @@ its original had another aspect ratio; `counter_squash_copies` makes, for
 each training image, a copy that looks squashed like the *other* class.
 `RandomZoom` zooms each image in by its own random amount (the default
 model's out-of-fold AUC fell from 0.996 to 0.915 on 10 % zoom-ins of its
-test images; `experiments/image_study.py`).
+test images; `experiments/image_study.py`). `Intensity` re-renders an
+image's grey levels as another film or exposure might
+(`experiments/acquisition_study.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from ._images import ImageTransformerMixin, as_images, crop_border, like_input, resize_to
 
-__all__ = ["Stretch", "RandomZoom", "counter_squash", "counter_squash_copies",
+__all__ = ["Stretch", "RandomZoom", "Intensity", "counter_squash", "counter_squash_copies",
            "NORMAL_TO_PNEUMONIA_ASPECT"]
 
 # median original width/height: PNEUMONIA 1.50 / NORMAL 1.21 (../shared/data/README.md)
@@ -83,6 +85,34 @@ class RandomZoom(ImageTransformerMixin):
 
     def _zoom(self, image):
         return resize_to(crop_border(image, self.fraction(image)), *image.shape)
+
+
+class Intensity(ImageTransformerMixin):
+    """Re-render grey levels: ``x -> x ** gamma``, then scale the contrast about
+    the image's mean by ``contrast``, then lift the black level:
+    ``x -> black + (1 - black) x``; clipped to [0, 1].
+
+    The defaults leave an image unchanged (up to the clip).
+    """
+
+    def __init__(self, gamma=1.0, contrast=1.0, black=0.0):
+        self.gamma = gamma
+        self.contrast = contrast
+        self.black = black
+
+    def transform(self, X):
+        if not (self.gamma > 0 and self.contrast >= 0 and 0 <= self.black < 1):
+            raise ValueError("need gamma > 0, contrast >= 0 and 0 <= black < 1, got "
+                             f"gamma={self.gamma!r}, contrast={self.contrast!r}, "
+                             f"black={self.black!r}")
+        return like_input(X, [self._render(image) for image in as_images(X)])
+
+    def _render(self, image):
+        image = np.clip(image, 0.0, 1.0) ** np.float32(self.gamma)
+        mean = image.mean(dtype=np.float64)
+        image = mean + np.float32(self.contrast) * (image - np.float32(mean))
+        image = self.black + (1 - self.black) * np.clip(image, 0.0, 1.0)
+        return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def counter_squash(label, factor=NORMAL_TO_PNEUMONIA_ASPECT, zoom=None):
