@@ -20,7 +20,7 @@ import numpy as np
 from xray_features.cnn import MODELS_DIR
 from xray_features.dataset import fold_of
 
-from .metrics import youden_threshold
+from .metrics import choose_threshold
 
 __all__ = ["OOF_DIR", "finetuned_baselines", "read_oof"]
 
@@ -33,8 +33,10 @@ def read_oof(path):
                 for row in csv.DictReader(handle)}
 
 
-def finetuned_baselines(train, folds, eval_index=None, oof_dir=OOF_DIR, models_dir=MODELS_DIR):
-    """Yield ``{"name", "oof", "threshold", "eval"}`` for each usable baseline."""
+def finetuned_baselines(train, folds, eval_index=None, oof_dir=OOF_DIR, models_dir=MODELS_DIR,
+                        threshold_rule="youden"):
+    """Yield ``{"name", "oof", "threshold", "eval"}`` for each usable baseline;
+    its threshold is chosen from its out-of-fold predictions by ``threshold_rule``."""
     if not Path(oof_dir).is_dir():
         return
     folds_of_train = list(fold_of(folds, len(train)))
@@ -47,7 +49,7 @@ def finetuned_baselines(train, folds, eval_index=None, oof_dir=OOF_DIR, models_d
         if [fold for _, fold, _ in rows] != folds_of_train:
             continue  # other folds: not comparable
         oof = np.array([proba for _, _, proba in rows])
-        threshold = youden_threshold(train.labels, oof)
+        threshold = choose_threshold(train.labels, oof, threshold_rule)
         scores = None
         model_path = Path(models_dir) / f"{csv_path.stem}.onnx"
         if eval_index is not None and model_path.is_file():

@@ -110,6 +110,17 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
         self.estimator_ = fitted[-1]
         return self
 
+    def rethreshold(self, y, threshold_rule):
+        """Choose the threshold again by ``threshold_rule`` from the stored
+        out-of-fold probabilities (``y``: the training labels), without refitting."""
+        check_is_fitted(self, "oof_proba_")
+        if len(y) != len(self.oof_proba_):
+            raise ValueError(f"y has {len(y)} labels for {len(self.oof_proba_)} "
+                             "out-of-fold probabilities")
+        self.threshold_rule = threshold_rule
+        self.threshold_ = choose_threshold(np.asarray(y), self.oof_proba_, threshold_rule)
+        return self
+
     def _fit_calibrator(self, raw, y):
         if self.calibration is None:
             return None

@@ -117,18 +117,18 @@ def build_parser():
     return parser
 
 
-def fit_decision(head, folds, threshold_rule, X, y, augment, versions, n_jobs=None,
-                 n_views=1):
+def fit_decision(head, folds, X, y, augment, versions, n_jobs=None, n_views=1):
     """`DecisionClassifier` over the unfitted estimator ``head``, fitted on
-    ``X, y`` (and ``augment``; ``X`` holds ``n_views`` blocks of view features).
+    ``X, y`` (and ``augment``; ``X`` holds ``n_views`` blocks of view features),
+    with the default threshold rule (the caller re-chooses the threshold).
 
     A plain function so that `joblib.Memory` can cache it: a rerun with the
     same head (and its parameters), features, labels, folds and settings loads
-    the fitted models instead of refitting them. ``versions`` (package and
-    library versions) is only part of the cache key; ``n_jobs`` is not.
+    the fitted models instead of refitting them, whatever its threshold rule.
+    ``versions`` (package and library versions) is only part of the cache key;
+    ``n_jobs`` is not.
     """
-    clf = DecisionClassifier(head, cv=folds, n_jobs=n_jobs, threshold_rule=threshold_rule,
-                             n_views=n_views)
+    clf = DecisionClassifier(head, cv=folds, n_jobs=n_jobs, n_views=n_views)
     return clf.fit(X, y, **augment)
 
 
@@ -250,12 +250,11 @@ def main(argv=None):
             augment = {"X_aug": np.vstack([_stack(fs, [c]) for c in copies]),
                        "y_aug": np.tile(y, len(copies)),
                        "aug_source": np.tile(np.arange(len(y)), len(copies))}
-        fit_args = (make_head(head, args.seed), folds, args.threshold_rule, X, y, augment,
-                    versions)
+        fit_args = (make_head(head, args.seed), folds, X, y, augment, versions)
         fit_kwargs = {"n_views": 1 + len(views)} if views else {}
         if fit is not fit_decision and fit.check_call_in_cache(*fit_args, **fit_kwargs):
             log("  fitted models found in the cache")
-        clf = fit(*fit_args, n_jobs=args.n_jobs, **fit_kwargs)
+        clf = fit(*fit_args, n_jobs=args.n_jobs, **fit_kwargs).rethreshold(y, args.threshold_rule)
         p_eval = None
         if eval_index is not None:
             Xe = _stack(fs, eval_features)
@@ -272,7 +271,7 @@ def main(argv=None):
             save_model(pipeline, out / "models" / f"{fs.replace('+', '_')}-{head}.joblib",
                        metadata)
 
-    for base in finetuned_baselines(train, folds, eval_index):
+    for base in finetuned_baselines(train, folds, eval_index, threshold_rule=args.threshold_rule):
         log(f"baseline {base['name']} (fine-tuned CNN, out-of-fold predictions)")
         record(base["name"], {"features": "cnn-finetuned", "head": base["name"].split("/", 1)[1]},
                base["oof"], base.get("eval"), base["threshold"])

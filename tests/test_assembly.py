@@ -60,6 +60,22 @@ def test_fixed_threshold_rule():
     assert clf.threshold_ == 0.3
 
 
+def test_rethreshold_equals_fitting_with_that_rule_and_keeps_the_models():
+    X, y, groups = _toy()
+    folds = make_folds(y, groups, n_splits=4, seed=0)
+    direct = DecisionClassifier(LogisticRegression(), cv=folds,
+                                threshold_rule="sensitivity:0.95").fit(X, y)
+    clf = DecisionClassifier(LogisticRegression(), cv=folds).fit(X, y)
+    coef = clf.estimator_.coef_.copy()
+    assert clf.threshold_ != direct.threshold_  # youden, before
+    assert clf.rethreshold(y, "sensitivity:0.95") is clf
+    assert clf.threshold_ == direct.threshold_ and clf.threshold_rule == "sensitivity:0.95"
+    np.testing.assert_array_equal(clf.estimator_.coef_, coef)
+    np.testing.assert_array_equal(clf.predict(X), direct.predict(X))
+    with pytest.raises(ValueError, match="labels"):
+        clf.rethreshold(y[:-1], "youden")
+
+
 def test_full_pipeline_clones_and_pickles(tmp_path):
     paths, labels = [], []
     for i in range(12):

@@ -134,6 +134,8 @@ def test_rerun_loads_fitted_models_from_the_cache(synthetic_data, tmp_path, monk
             "--cv", "3", "--n-boot", "30", "--quiet", "--no-save",
             "--cache-dir", str(tmp_path / "cache")]
     assert run.main(argv + ["--out", str(tmp_path / "first")]) == 0
+    rule = ["--threshold-rule", "sensitivity:0.9"]
+    assert run.main(argv[:-1] + ["none", "--out", str(tmp_path / "fresh_rule")] + rule) == 0
 
     def no_refit(*args, **kwargs):
         raise AssertionError("a rerun with the same data and settings refitted a model")
@@ -142,6 +144,12 @@ def test_rerun_loads_fitted_models_from_the_cache(synthetic_data, tmp_path, monk
     first, again = (json.loads((tmp_path / d / "metrics.json").read_text())["models"]
                     for d in ("first", "again"))
     assert first == again
+    # another threshold rule re-chooses the threshold from the cached fits, as a fresh fit would
+    assert run.main(argv + ["--out", str(tmp_path / "rule")] + rule) == 0
+    fresh, cached = (json.loads((tmp_path / d / "metrics.json").read_text())["models"]
+                     for d in ("fresh_rule", "rule"))
+    assert cached == fresh
+    assert cached["hog/logreg"]["cv"]["threshold"] != first["hog/logreg"]["cv"]["threshold"]
     # another seed means other folds: the fits are not in the cache
     with pytest.raises(AssertionError, match="refitted"):
         run.main(argv + ["--out", str(tmp_path / "seed1"), "--seed", "1"])
@@ -172,3 +180,37 @@ def test_prediction_tables_reproduce_the_reported_metrics(trained_run, synthetic
     for r in rows:  # a patient's images share one fold
         assert folds.setdefault(r["patient"], r["fold"]) == r["fold"]
     assert sorted(set(folds.values())) == ["0", "1", "2"]
+
+
+def test_finetuned_baseline_is_used_only_on_the_same_folds_and_follows_the_threshold_rule(
+        synthetic_data, tmp_path):
+    import os
+
+    from pipelines.baselines import finetuned_baselines
+    from pipelines.metrics import choose_threshold
+    from xray_features import index_dataset, make_folds
+    from xray_features.dataset import fold_of
+
+    train = index_dataset(synthetic_data).subset("train")
+    folds = make_folds(train.labels, train.groups, n_splits=3, seed=0)
+    proba = np.random.default_rng(0).random(len(train)) * 0.5 + train.labels * 0.4
+    oof_dir = tmp_path / "oof"
+    oof_dir.mkdir()
+
+    def write(name, fold):
+        with open(oof_dir / f"{name}.csv", "w") as handle:
+            handle.write("path,label,fold,proba\n")
+            for record, k, p in zip(train.records, fold, proba):
+                handle.write(f"{os.path.relpath(record.path, train.root)},{record.label},{k},{p}\n")
+
+    write("same_folds", list(fold_of(folds, len(train))))
+    write("other_folds", [(k + 1) % 3 for k in fold_of(folds, len(train))])
+    rules = ("youden", "sensitivity:0.9")
+    assert len({choose_threshold(train.labels, proba, rule) for rule in rules}) == 2
+    for rule in rules:
+        found = list(finetuned_baselines(train, folds, oof_dir=oof_dir, models_dir=tmp_path,
+                                         threshold_rule=rule))
+        assert [b["name"] for b in found] == ["baseline/same_folds"]
+        np.testing.assert_allclose(found[0]["oof"], proba)
+        assert found[0]["threshold"] == choose_threshold(train.labels, proba, rule)
+        assert found[0]["eval"] is None
