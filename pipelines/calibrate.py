@@ -1,13 +1,18 @@
 """Site recalibration: refit a saved pipeline's calibration and threshold
-from a small labelled set of a new site.
+from a small labelled set of a new site, or correct its probabilities for
+the site's prevalence.
 
-Example::
+Examples::
 
-    python -m pipelines.calibrate --model default --labelled-dir site_labelled/ --out site.joblib
+    python -m pipelines.calibrate --labelled-dir site_labelled/ --out site.joblib
+    python -m pipelines.calibrate --prevalence 0.3 --out site.joblib
 
-The features and the head are kept; only the Platt calibration and the
-decision threshold are refitted, on the site's images. A new model file
-(with its sha256 sidecar) is written; the original is left untouched.
+The features and the head are kept. With ``--labelled-dir`` the Platt
+calibration and the decision threshold are refitted on the site's images.
+With ``--prevalence`` (no images needed) the probabilities are moved to the
+site's share of pneumonia by prior correction, and the threshold moves with
+them, so every decision stays as it was. A new model file (with its sha256
+sidecar) is written; the original is left untouched.
 """
 
 from __future__ import annotations
@@ -21,12 +26,12 @@ import numpy as np
 
 from xray_features.dataset import index_dataset
 
-from .decision import PlattCalibrator
+from .decision import PlattCalibrator, prior_shift
 from .metrics import binary_metrics, choose_threshold
 from .persist import ModelFileError, load_model, save_model
 from .score import DEFAULT_MODEL
 
-__all__ = ["head_scores", "recalibrate", "main"]
+__all__ = ["head_scores", "recalibrate", "adjust_prevalence", "main"]
 
 
 def head_scores(model, paths):
@@ -49,17 +54,47 @@ def recalibrate(model, raw_scores, labels, threshold_rule="youden"):
     return new
 
 
+def adjust_prevalence(model, prevalence, metadata=None):
+    """A copy of ``model`` whose probabilities are prior-corrected to
+    ``prevalence`` (the site's share of PNEUMONIA), and its threshold with
+    them, so its decisions are unchanged. Returns ``(model, from_prevalence)``."""
+    new = copy.deepcopy(model)
+    decision = new.steps[-1][1]
+    calibrator = decision.calibrator_
+    if calibrator is None:
+        raise ValueError("prior correction needs a model with a probability calibration")
+    fitted = getattr(calibrator, "prevalence_", None)
+    if fitted is None:  # pickled before calibrators recorded it
+        if (metadata or {}).get("site_calibration"):
+            raise ValueError("this site-calibrated model does not record the prevalence it was "
+                             "calibrated on: recalibrate it again from --labelled-dir first")
+        # Platt's calibrated out-of-fold probabilities average to the training prevalence
+        fitted = float(np.mean(decision.oof_proba_))
+    decision.calibrator_ = calibrator.with_prevalence(prevalence, fitted)
+    shift = prior_shift(fitted, prevalence)
+    threshold = np.clip(decision.threshold_, 1e-12, 1 - 1e-12)
+    decision.threshold_ = float(1 / (1 + np.exp(-(np.log(threshold / (1 - threshold)) + shift))))
+    return new, fitted
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.calibrate", description=__doc__.split("\n\n")[0] + ".",
+        prog="python -m pipelines.calibrate",
+        description=__doc__.split("\n\n")[0].rstrip(".") + ".",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL),
                         help="the saved pipeline to recalibrate (.joblib with sidecar)")
-    parser.add_argument("--labelled-dir", required=True,
-                        help="the site's labelled images: <dir>/NORMAL and <dir>/PNEUMONIA")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--labelled-dir",
+                        help="the site's labelled images: <dir>/NORMAL and <dir>/PNEUMONIA; "
+                        "the calibration and the threshold are refitted on them")
+    source.add_argument("--prevalence", type=float,
+                        help="the site's share of PNEUMONIA among the images it will score "
+                        "(e.g. 0.3); the probabilities are corrected to it and every "
+                        "decision is kept (no images needed)")
     parser.add_argument("--out", required=True, help="the new model file (.joblib)")
     parser.add_argument("--threshold-rule", default="youden",
-                        help="'youden', 'sensitivity:0.95' or a number")
+                        help="with --labelled-dir: 'youden', 'sensitivity:0.95' or a number")
     return parser
 
 
@@ -71,8 +106,10 @@ def main(argv=None):
         return 2
     try:
         model, metadata = load_model(args.model)
+        if args.prevalence is not None:
+            return _write_prevalence_adjusted(model, metadata, args)
         site = index_dataset(args.labelled_dir)
-    except (ModelFileError, FileNotFoundError) as exc:
+    except (ModelFileError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     raw = head_scores(model, site.paths)
@@ -93,6 +130,21 @@ def main(argv=None):
     print(f"recalibrated on {len(site)} images ({int(site.labels.sum())} pneumonia): threshold "
           f"{decision.threshold_:.3f}; in-sample sensitivity {fitted['sensitivity']:.3f}, "
           f"specificity {fitted['specificity']:.3f}. Wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _write_prevalence_adjusted(model, metadata, args):
+    old_threshold = model.steps[-1][1].threshold_
+    new, fitted = adjust_prevalence(model, args.prevalence, metadata)
+    decision = new.steps[-1][1]
+    metadata = {**metadata, "threshold": decision.threshold_,
+                "prior_correction": {"prevalence": args.prevalence, "from_prevalence": fitted,
+                                     "logit_shift": prior_shift(fitted, args.prevalence),
+                                     "source_model": str(args.model)}}
+    save_model(new, args.out, metadata)
+    print(f"probabilities corrected from a prevalence of {fitted:.3f} to {args.prevalence:.3f}; "
+          f"threshold {old_threshold:.3f} -> {decision.threshold_:.3f}, so every decision is "
+          f"unchanged. Wrote {args.out}", file=sys.stderr)
     return 0
 
 

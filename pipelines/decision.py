@@ -3,6 +3,8 @@ from out-of-fold training predictions only."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -13,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from .metrics import choose_threshold
 
-__all__ = ["DecisionClassifier", "PlattCalibrator", "mean_logit"]
+__all__ = ["DecisionClassifier", "PlattCalibrator", "mean_logit", "prior_shift"]
 
 _EPS = 1e-6
 
@@ -23,12 +25,40 @@ def _logit(p):
     return np.log(p / (1 - p))
 
 
+def prior_shift(from_prevalence, to_prevalence):
+    """The logit shift that moves calibrated probabilities from one prior to another."""
+    return float(_logit(to_prevalence) - _logit(from_prevalence))
+
+
 class PlattCalibrator(BaseEstimator):
-    """Platt scaling on the logit of a probability: p -> sigmoid(a logit(p) + b)."""
+    """Platt scaling on the logit of a probability: p -> sigmoid(a logit(p) + b).
+
+    ``prevalence_`` is the share of positives it was fitted on (its calibrated
+    probabilities average to it); `with_prevalence` moves it to another prior.
+    """
 
     def fit(self, proba, y):
         self.model_ = LogisticRegression(C=1e6).fit(_logit(proba)[:, None], y)
+        self.prevalence_ = float(np.mean(y))
         return self
+
+    def with_prevalence(self, prevalence, fitted_prevalence=None):
+        """A copy calibrated for a population with ``prevalence`` positives
+        (prior correction: every output logit moves by
+        logit(prevalence) - logit(fitted prevalence)); the order of scores is kept.
+        ``fitted_prevalence`` stands in for ``prevalence_`` on calibrators
+        pickled before it was recorded."""
+        check_is_fitted(self, "model_")
+        fitted = getattr(self, "prevalence_", fitted_prevalence)
+        if fitted is None:
+            raise ValueError("this calibrator does not record the prevalence it was fitted on")
+        for name, value in (("prevalence", prevalence), ("fitted prevalence", fitted)):
+            if not 0 < value < 1:
+                raise ValueError(f"{name} must be strictly between 0 and 1, got {value!r}")
+        new = copy.deepcopy(self)
+        new.model_.intercept_ = self.model_.intercept_ + prior_shift(fitted, prevalence)
+        new.prevalence_ = float(prevalence)
+        return new
 
     def transform(self, proba):
         return self.model_.predict_proba(_logit(proba)[:, None])[:, 1]
