@@ -26,7 +26,7 @@ import numpy as np
 
 from xray_features.dataset import index_dataset
 
-from .decision import PlattCalibrator, prior_shift
+from .decision import PlattCalibrator, prior_shift, with_prevalence
 from .metrics import binary_metrics, choose_threshold
 from .persist import ModelFileError, load_model, save_model
 from .score import DEFAULT_MODEL
@@ -71,9 +71,7 @@ def adjust_prevalence(model, prevalence, metadata=None):
         # Platt's calibrated out-of-fold probabilities average to the training prevalence
         fitted = float(np.mean(decision.oof_proba_))
     decision.calibrator_ = calibrator.with_prevalence(prevalence, fitted)
-    shift = prior_shift(fitted, prevalence)
-    threshold = np.clip(decision.threshold_, 1e-12, 1 - 1e-12)
-    decision.threshold_ = float(1 / (1 + np.exp(-(np.log(threshold / (1 - threshold)) + shift))))
+    decision.threshold_ = float(with_prevalence(decision.threshold_, fitted, prevalence))
     return new, fitted
 
 

@@ -15,7 +15,8 @@ from threadpoolctl import threadpool_limits
 
 from .metrics import choose_threshold
 
-__all__ = ["DecisionClassifier", "PlattCalibrator", "mean_logit", "prior_shift"]
+__all__ = ["DecisionClassifier", "PlattCalibrator", "mean_logit", "prior_shift",
+           "with_prevalence"]
 
 _EPS = 1e-6
 
@@ -28,6 +29,12 @@ def _logit(p):
 def prior_shift(from_prevalence, to_prevalence):
     """The logit shift that moves calibrated probabilities from one prior to another."""
     return float(_logit(to_prevalence) - _logit(from_prevalence))
+
+
+def with_prevalence(proba, from_prevalence, to_prevalence):
+    """Calibrated probabilities ``proba`` (fitted at ``from_prevalence``)
+    prior-corrected to ``to_prevalence``; their order is kept."""
+    return 1 / (1 + np.exp(-(_logit(proba) + prior_shift(from_prevalence, to_prevalence))))
 
 
 class PlattCalibrator(BaseEstimator):
