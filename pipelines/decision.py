@@ -15,26 +15,27 @@ from threadpoolctl import threadpool_limits
 
 from .metrics import choose_threshold
 
-__all__ = ["DecisionClassifier", "PlattCalibrator", "mean_logit", "prior_shift",
+__all__ = ["DecisionClassifier", "PlattCalibrator", "logit", "mean_logit", "prior_shift",
            "with_prevalence"]
 
 _EPS = 1e-6
 
 
-def _logit(p):
+def logit(p):
+    """log(p / (1 - p)), with p clipped to [1e-6, 1 - 1e-6]."""
     p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
     return np.log(p / (1 - p))
 
 
 def prior_shift(from_prevalence, to_prevalence):
     """The logit shift that moves calibrated probabilities from one prior to another."""
-    return float(_logit(to_prevalence) - _logit(from_prevalence))
+    return float(logit(to_prevalence) - logit(from_prevalence))
 
 
 def with_prevalence(proba, from_prevalence, to_prevalence):
     """Calibrated probabilities ``proba`` (fitted at ``from_prevalence``)
     prior-corrected to ``to_prevalence``; their order is kept."""
-    return 1 / (1 + np.exp(-(_logit(proba) + prior_shift(from_prevalence, to_prevalence))))
+    return 1 / (1 + np.exp(-(logit(proba) + prior_shift(from_prevalence, to_prevalence))))
 
 
 class PlattCalibrator(BaseEstimator):
@@ -45,7 +46,7 @@ class PlattCalibrator(BaseEstimator):
     """
 
     def fit(self, proba, y):
-        self.model_ = LogisticRegression(C=1e6).fit(_logit(proba)[:, None], y)
+        self.model_ = LogisticRegression(C=1e6).fit(logit(proba)[:, None], y)
         self.prevalence_ = float(np.mean(y))
         return self
 
@@ -68,7 +69,7 @@ class PlattCalibrator(BaseEstimator):
         return new
 
     def transform(self, proba):
-        return self.model_.predict_proba(_logit(proba)[:, None])[:, 1]
+        return self.model_.predict_proba(logit(proba)[:, None])[:, 1]
 
 
 class DecisionClassifier(ClassifierMixin, BaseEstimator):
@@ -196,7 +197,7 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
 
 def mean_logit(probas):
     """Several probability arrays as one: the sigmoid of their mean logit."""
-    return 1 / (1 + np.exp(-np.mean([_logit(p) for p in probas], axis=0)))
+    return 1 / (1 + np.exp(-np.mean([logit(p) for p in probas], axis=0)))
 
 
 def _mean_view_score(model, views):
