@@ -210,9 +210,20 @@ def main(argv=None):
     failed = sum(row["status"] != "ok" for row in rows)
     print(f"scored {len(rows) - failed} of {len(rows)} inputs with {model_path.name} "
           f"({metadata.get('feature_set')}/{metadata.get('head')}, threshold "
-          f"{model.steps[-1][1].threshold_:.3f}); {failed} errors; wrote {args.out}",
-          file=sys.stderr)
+          f"{model.steps[-1][1].threshold_:.3f}{_site_adjustments(metadata)}); {failed} errors; "
+          f"wrote {args.out}", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _site_adjustments(metadata):
+    """How `pipelines.calibrate` adapted the model to a site, for the summary line."""
+    notes = []
+    if metadata.get("site_calibration"):
+        notes.append(f"recalibrated on {metadata['site_calibration']['n']} site images")
+    if metadata.get("prior_correction"):
+        notes.append("probabilities for a prevalence of "
+                     f"{metadata['prior_correction']['prevalence']:.3f}")
+    return "".join(f", {note}" for note in notes)
 
 
 def _score_all_dask(model_path, paths, args):

@@ -8,7 +8,8 @@ from pipelines.persist import load_model, sha256_of
 from xray_features.dataset import index_dataset
 
 
-def test_recalibration_writes_new_model_and_keeps_original(trained_run, synthetic_data, tmp_path):
+def test_recalibration_writes_new_model_and_keeps_original(trained_run, synthetic_data, tmp_path,
+                                                             capsys):
     source = trained_run / "models" / "hog-logreg.joblib"
     digest = sha256_of(source)
     out = tmp_path / "site.joblib"
@@ -23,6 +24,12 @@ def test_recalibration_writes_new_model_and_keeps_original(trained_run, syntheti
     p_old, p_new = old.predict_proba(paths)[:, 1], new.predict_proba(paths)[:, 1]
     # the head is kept, so the ranking is the same; only calibration and threshold move
     np.testing.assert_array_equal(np.argsort(p_old, kind="stable"), np.argsort(p_new, kind="stable"))
+    from pipelines import score
+
+    capsys.readouterr()
+    assert score.main(["--model", str(out), str(synthetic_data / "test"), "--quiet",
+                       "--out", str(tmp_path / "scores.csv")]) == 0
+    assert "recalibrated on 12 site images" in capsys.readouterr().err
 
 
 def test_recalibration_moves_threshold_to_the_site():
@@ -79,7 +86,7 @@ def test_prior_correction_matches_a_site_with_another_prevalence():
 
 
 def test_prevalence_mode_writes_a_model_with_the_same_decisions(trained_run, synthetic_data,
-                                                                 tmp_path):
+                                                                 tmp_path, capsys):
     source = trained_run / "models" / "hog-logreg.joblib"
     digest = sha256_of(source)
     out = tmp_path / "prevalence.joblib"
@@ -93,6 +100,12 @@ def test_prevalence_mode_writes_a_model_with_the_same_decisions(trained_run, syn
     paths = list(index_dataset(synthetic_data / "test").paths)
     np.testing.assert_array_equal(new.predict(paths), old.predict(paths))
     assert np.all(new.predict_proba(paths)[:, 1] <= old.predict_proba(paths)[:, 1])
+    from pipelines import score
+
+    capsys.readouterr()
+    assert score.main(["--model", str(out), str(synthetic_data / "test"), "--quiet",
+                       "--out", str(tmp_path / "scores.csv")]) == 0
+    assert "probabilities for a prevalence of 0.200" in capsys.readouterr().err
 
 
 def test_prevalence_of_models_pickled_before_it_was_recorded(trained_run):
