@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import FeatureUnion, Pipeline
 
@@ -50,8 +51,7 @@ STEP_CLASSES = {
 def platt(p, coef, intercept, eps=PLATT_EPS):
     """sigmoid(coef * logit(clip(p)) + intercept), as PlattCalibrator computes it."""
     p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
-    z = coef * np.log(p / (1 - p)) + intercept
-    return 1.0 / (1.0 + np.exp(-z))
+    return expit(coef * np.log(p / (1 - p)) + intercept)  # no overflow for large |z|
 
 
 class OnnxHead(ClassifierMixin, BaseEstimator):
