@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.decision import with_prevalence
+from pipelines.decision import prior_corrected
 from pipelines.metrics import binary_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,7 +57,7 @@ def main(argv=None):
     results.add("train (out of fold)", {"prevalence": round(trained, 3),
                                         "mean_probability": round(float(np.mean(p)), 3)})
     for prevalence in map(float, args.prevalences.split(",")):
-        corrected_all = with_prevalence(p, trained, prevalence)
+        corrected_all = prior_corrected(p, trained, prevalence)
         rows = {k: [] for k in ("sensitivity", "specificity", "accuracy",
                                 "mean_p", "mean_p_corrected", "brier", "brier_corrected")}
         for _ in range(args.draws):

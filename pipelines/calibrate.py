@@ -26,7 +26,7 @@ import numpy as np
 
 from xray_features.dataset import index_dataset
 
-from .decision import PlattCalibrator, prior_shift, with_prevalence
+from .decision import PlattCalibrator, prior_corrected, prior_shift
 from .metrics import binary_metrics, choose_threshold
 from .persist import ModelFileError, load_model, save_model
 from .score import DEFAULT_MODEL
@@ -71,7 +71,7 @@ def adjust_prevalence(model, prevalence, metadata=None):
         # Platt's calibrated out-of-fold probabilities average to the training prevalence
         fitted = float(np.mean(decision.oof_proba_))
     decision.calibrator_ = calibrator.with_prevalence(prevalence, fitted)
-    decision.threshold_ = float(with_prevalence(decision.threshold_, fitted, prevalence))
+    decision.threshold_ = float(prior_corrected(decision.threshold_, fitted, prevalence))
     return new, fitted
 
 

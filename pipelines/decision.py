@@ -7,6 +7,7 @@ import copy
 
 import numpy as np
 from joblib import Parallel, delayed
+from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import check_cv
@@ -16,7 +17,7 @@ from threadpoolctl import threadpool_limits
 from .metrics import choose_threshold
 
 __all__ = ["DecisionClassifier", "PlattCalibrator", "logit", "mean_logit", "prior_shift",
-           "with_prevalence"]
+           "prior_corrected"]
 
 _EPS = 1e-6
 
@@ -32,10 +33,10 @@ def prior_shift(from_prevalence, to_prevalence):
     return float(logit(to_prevalence) - logit(from_prevalence))
 
 
-def with_prevalence(proba, from_prevalence, to_prevalence):
+def prior_corrected(proba, from_prevalence, to_prevalence):
     """Calibrated probabilities ``proba`` (fitted at ``from_prevalence``)
     prior-corrected to ``to_prevalence``; their order is kept."""
-    return 1 / (1 + np.exp(-(logit(proba) + prior_shift(from_prevalence, to_prevalence))))
+    return expit(logit(proba) + prior_shift(from_prevalence, to_prevalence))
 
 
 class PlattCalibrator(BaseEstimator):
@@ -197,7 +198,7 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
 
 def mean_logit(probas):
     """Several probability arrays as one: the sigmoid of their mean logit."""
-    return 1 / (1 + np.exp(-np.mean([logit(p) for p in probas], axis=0)))
+    return expit(np.mean([logit(p) for p in probas], axis=0))
 
 
 def _mean_view_score(model, views):
