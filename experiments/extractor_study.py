@@ -11,6 +11,10 @@ Each variant replaces one packaged extractor:
   above their training size);
 - ``lite2`` is the ImageNet EfficientNet-Lite2 exported by
   ``python experiments/export_embedder.py --arch lite2 --out experiments/artifacts/efficientnet_lite2_embedder.onnx``;
+- ``grid2`` is the packaged Lite0 with its last feature map averaged per
+  quadrant instead of globally (5,120 features; where in the chest the
+  texture is), exported by
+  ``python experiments/export_embedder.py --grid 2`` (to experiments/artifacts/);
 - ``hog64`` is HOG on a 4 x 4 grid of 16-px cells (64 px, 324 features, against
   1,764 for the default 8 x 8 grid at 128 px);
 - ``hog-fine`` is HOG on 8-px cells at 128 px (a 16 x 16 grid, 8,100 features).
@@ -46,6 +50,8 @@ VARIANTS = {
     "cnn288": ("cnn", lambda: OnnxEmbedder(image_size=288)),
     "lite2": ("cnn", lambda: OnnxEmbedder(
         model_path=str(ARTIFACTS / "efficientnet_lite2_embedder.onnx"))),
+    "grid2": ("cnn", lambda: OnnxEmbedder(
+        model_path=str(ARTIFACTS / "efficientnet_lite0_grid2_embedder.onnx"))),
     "hog64": ("hog", lambda: HOGFeatures(image_size=64)),
     "hog-fine": ("hog", lambda: HOGFeatures(pixels_per_cell=8)),
 }
