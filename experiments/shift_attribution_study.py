@@ -1,0 +1,102 @@
+"""Which features move the site's NORMAL films towards PNEUMONIA: the default's logit, split.
+
+    python experiments/shift_attribution_study.py            # train/ only
+    python experiments/shift_attribution_study.py --site-val # + site_val (a look; logged as prose)
+
+The default model's head is linear (standardise, then logistic regression), so
+its logit is a sum of one term per feature, ``coef_j (x_j - mean_j) / scale_j``,
+plus the intercept. This sums the terms by block (the 1,764 HOG features, the
+1,280 embedding features) and, for HOG, by block position on its 7 x 7 grid of
+2 x 2-cell blocks over the 128-px film, and reports their means per class:
+on train/ out of fold (each film's terms from the head of the fold that did not
+train on it, refitted as `pipelines.run` fits them, with the counter-squash and
+zoom copies) and, with ``--site-val``, on site_val (the packaged head). The
+shift of site_val's NORMAL films from train's, per block and per HOG position,
+says which features carry the over-calling. Only the fold heads are fitted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.assemble import extract_features, extract_training_copies, make_head
+from pipelines.persist import load_model
+from pipelines.score import DEFAULT_MODEL
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from studies import Results, fold_models, study_parser, train_site_folds  # noqa: E402
+
+NAMES = ["hog", "cnn"]
+HOG_GRID = 7  # blocks per side: 128 px / 16-px cells = 8 cells, 2-cell blocks
+HOG_PER_BLOCK = 2 * 2 * 9  # cells per block x orientations
+
+
+def hog_cnn(features):
+    return np.hstack([features[name] for name in NAMES]).astype(np.float64)
+
+
+def logit_terms(head, X):
+    """Per image and feature: the term it adds to ``head``'s logit."""
+    scale, logreg = head.named_steps["scale"], head.named_steps["logreg"]
+    return (X - scale.mean_) / scale.scale_ * logreg.coef_[0]
+
+
+def out_of_fold_terms(train, folds, cache_dir):
+    """Train/'s logit terms, each film's from the fold head that did not see it."""
+    X = hog_cnn(extract_features(train.paths, NAMES, cache_dir))
+    copies = [hog_cnn(c) for c in extract_training_copies("counter-squash+zoom", train.paths,
+                                                           train.labels, NAMES, cache_dir)]
+    heads = fold_models(make_head("logreg"), X, train.labels, folds, copies)[0]
+    terms = np.zeros_like(X)
+    for head, (_, test) in zip(heads, folds):
+        terms[test] = logit_terms(head, X[test])
+    return terms
+
+
+def summarise(terms, n_hog):
+    """Mean logit terms: the HOG block, the embedding block, and HOG per grid position."""
+    hog = terms[:, :n_hog]
+    grid = hog.reshape(len(terms), HOG_GRID, HOG_GRID, HOG_PER_BLOCK).sum(axis=3)
+    return {"hog": round(float(hog.sum(axis=1).mean()), 3),
+            "cnn": round(float(terms[:, n_hog:].sum(axis=1).mean()), 3),
+            "hog_grid": np.round(grid.mean(axis=0), 2).tolist()}
+
+
+def main(argv=None):
+    parser = study_parser(__doc__, out="runs/shift_attribution_study.json")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    args = parser.parse_args(argv)
+    model, _ = load_model(args.model)
+    train, site, folds = train_site_folds(args.data)
+    head = model.steps[-1][1].estimator_
+    n_hog = HOG_GRID * HOG_GRID * HOG_PER_BLOCK
+    sets = {"train (out of fold)": (train, out_of_fold_terms(train, folds, args.cache_dir))}
+    if args.site_val:
+        sets["site_val"] = (site, logit_terms(head, hog_cnn(extract_features(site.paths, NAMES,
+                                                                            args.cache_dir))))
+    results = Results()
+    results.add("packaged head's intercept", float(head.named_steps["logreg"].intercept_[0]))
+    summaries = {}
+    for name, (index, terms) in sets.items():
+        for label, label_name in ((0, "NORMAL"), (1, "PNEUMONIA")):
+            key = f"{name} {label_name}"
+            summaries[key] = summarise(terms[index.labels == label], n_hog)
+            results.add(key, {k: v for k, v in summaries[key].items() if k != "hog_grid"})
+    if args.site_val:
+        site_normal, train_normal = summaries["site_val NORMAL"], summaries[
+            "train (out of fold) NORMAL"]
+        shift = {block: round(site_normal[block] - train_normal[block], 3)
+                 for block in ("hog", "cnn")}
+        shift["hog_grid"] = np.round(np.array(site_normal["hog_grid"])
+                                     - np.array(train_normal["hog_grid"]), 2).tolist()
+        results.add("site_val NORMAL - train NORMAL", shift)
+    results["per_class"] = summaries
+    results.save(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
