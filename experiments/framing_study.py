@@ -3,7 +3,7 @@
     python experiments/framing_study.py
 
 LungCrop's lung box (on the CLAHE'd 224-px image) gives the lungs' height and
-width as fractions of the film's; images where LungCrop falls back are left
+width, and the film left above and below them, as fractions of the film's; images where LungCrop falls back are left
 out. On train/ it also reports how well each extent alone predicts the label
 (AUC). site_val/'s labels are not read: this compares image statistics only.
 """
@@ -24,21 +24,25 @@ from studies import Results, study_parser, train_site_folds  # noqa: E402
 
 
 def lung_extent(paths, batch=256):
-    """(found, height fraction, width fraction) of the lung box of each image."""
+    """(found, height fraction, width fraction, margin above, margin below) of
+    the lung box of each image, as fractions of the film's height and width."""
     rows = []
     for start in range(0, len(paths), batch):
         images = CLAHE().transform(ReadImages().transform(paths[start:start + batch]))
         for box, image in zip(LungCrop().find_boxes(images), images):
-            rows.append((box.found, (box.bottom - box.top) / image.shape[0],
-                         (box.right - box.left) / image.shape[1]))
-    found, height, width = (np.array(column) for column in zip(*rows))
-    return found.astype(bool), height, width
+            height, width = image.shape
+            rows.append((box.found, (box.bottom - box.top) / height,
+                         (box.right - box.left) / width, box.top / height,
+                         (height - box.bottom) / height))
+    found, *extents = (np.array(column) for column in zip(*rows))
+    return (found.astype(bool), *extents)
 
 
-def describe(found, height, width):
+def describe(found, height, width, above, below):
     return {"n": int(len(found)), "found": round(float(found.mean()), 3),
-            "height_median": round(float(np.median(height[found])), 3),
-            "width_median": round(float(np.median(width[found])), 3)}
+            **{f"{name}_median": round(float(np.median(values[found])), 3)
+               for name, values in (("height", height), ("width", width),
+                                    ("margin_above", above), ("margin_below", below))}}
 
 
 def main(argv=None):
@@ -46,15 +50,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     train, site, _ = train_site_folds(args.data)
     results = Results()
-    found, height, width = lung_extent(list(train.paths))
+    found, *extents = lung_extent(list(train.paths))
     y = train.labels
     for label, name in ((0, "train NORMAL"), (1, "train PNEUMONIA")):
         keep = y == label
-        results.add(name, describe(found[keep], height[keep], width[keep]))
+        results.add(name, describe(found[keep], *(e[keep] for e in extents)))
     results.add("train: AUC of the extent for PNEUMONIA",
-                {"height": round(auc(y[found], height[found]), 3),
-                 "width": round(auc(y[found], width[found]), 3)})
-    results.add("train (all)", describe(found, height, width))
+                {name: round(auc(y[found], values[found]), 3) for name, values in
+                 zip(("height", "width", "margin_above", "margin_below"), extents)})
+    results.add("train (all)", describe(found, *extents))
     if site is not None:
         results.add("site_val (unlabelled)", describe(*lung_extent(list(site.paths))))
     results.save(args.out)

@@ -8,7 +8,7 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from xray_features import CLAHE, CachedExtractor, HOGFeatures, LBPFeatures, LungCrop, Resize
-from xray_features.augment import Intensity, RandomZoom, Stretch
+from xray_features.augment import Intensity, RandomReframe, RandomZoom, Reframe, Stretch
 from xray_features.preprocess import BorderCrop, EqualizeHistogram
 from xray_features.sharpness import EqualizeSharpness
 from xray_features.views import ViewFeatures
@@ -31,6 +31,8 @@ EXPECTED_FAILURES = {
     "Stretch": _IMAGES,
     "RandomZoom": _IMAGES,
     "Intensity": _IMAGES,
+    "Reframe": _IMAGES,
+    "RandomReframe": _IMAGES,
     "EqualizeSharpness": _IMAGES,
     "EqualizeHistogram": _IMAGES,
     "BorderCrop": _IMAGES,
@@ -41,7 +43,8 @@ EXPECTED_FAILURES = {
 
 
 ESTIMATORS = [CLAHE(), LungCrop(), Resize(size=16), Stretch(vertical=1.3), RandomZoom(),
-              Intensity(gamma=0.8, contrast=0.9, black=0.05),
+              Intensity(gamma=0.8, contrast=0.9, black=0.05), Reframe(bottom=0.1, left=0.05),
+              RandomReframe(),
               EqualizeSharpness(target=50.0), EqualizeHistogram(),
               BorderCrop(fraction=0.1), HOGFeatures(image_size=32),
               LBPFeatures(image_size=32, grid=2), CachedExtractor(HOGFeatures(image_size=32)),

@@ -21,7 +21,7 @@ import numpy as np
 
 from ._images import ImageTransformerMixin, as_images, crop_border, like_input, resize_to
 
-__all__ = ["Stretch", "RandomZoom", "Intensity", "counter_squash", "counter_squash_copies",
+__all__ = ["Stretch", "RandomZoom", "Reframe", "RandomReframe", "Intensity", "counter_squash", "counter_squash_copies",
            "NORMAL_TO_PNEUMONIA_ASPECT"]
 
 # median original width/height: PNEUMONIA 1.50 / NORMAL 1.21 (../shared/data/README.md)
@@ -69,22 +69,87 @@ class RandomZoom(ImageTransformerMixin):
         self.random_state = random_state
 
     def transform(self, X):
-        if not 0 <= self.max_fraction < 0.5:
-            raise ValueError(f"max_fraction must be in [0, 0.5), got {self.max_fraction!r}")
-        if not isinstance(self.random_state, (int, np.integer)):
-            raise ValueError("random_state must be an int: the zoom of an image is "
-                             f"reproducible, got {self.random_state!r}")
+        _check_random_cut(self.max_fraction, self.random_state)
         return like_input(X, [self._zoom(image) for image in as_images(X)])
 
     def fraction(self, image):
         """The fraction cut off each side of ``image`` (a 2-D float32 array)."""
-        digest = hashlib.blake2b(image.tobytes(), digest_size=8)
-        digest.update(str(image.shape).encode())
-        seed = [int(self.random_state), int.from_bytes(digest.digest(), "little")]
-        return float(np.random.default_rng(seed).uniform(0, self.max_fraction))
+        return float(_image_rng(image, self.random_state).uniform(0, self.max_fraction))
 
     def _zoom(self, image):
         return resize_to(crop_border(image, self.fraction(image)), *image.shape)
+
+
+def _check_random_cut(max_fraction, random_state):
+    if not 0 <= max_fraction < 0.5:
+        raise ValueError(f"max_fraction must be in [0, 0.5), got {max_fraction!r}")
+    if not isinstance(random_state, (int, np.integer)):
+        raise ValueError("random_state must be an int: the cut of an image is "
+                         f"reproducible, got {random_state!r}")
+
+
+def _image_rng(image, random_state):
+    """A generator seeded by ``random_state`` and the image's content and shape."""
+    digest = hashlib.blake2b(image.tobytes(), digest_size=8)
+    digest.update(str(image.shape).encode())
+    return np.random.default_rng([int(random_state), int.from_bytes(digest.digest(), "little")])
+
+
+class RandomReframe(ImageTransformerMixin):
+    """Re-frame each film by its own random cuts (`Reframe`): up to
+    ``max_fraction`` of the height off the top and, drawn independently, off
+    the bottom; the same total off the sides, split at random, so the content
+    keeps its aspect ratio. Seeded by ``random_state`` and the image's content,
+    like `RandomZoom` (its centred special case)."""
+
+    def __init__(self, max_fraction=0.1, random_state=0):
+        self.max_fraction = max_fraction
+        self.random_state = random_state
+
+    def transform(self, X):
+        _check_random_cut(self.max_fraction, self.random_state)
+        return like_input(X, [Reframe(*self.cuts(image))._reframe(image)
+                              for image in as_images(X)])
+
+    def cuts(self, image):
+        """``(top, bottom, left, right)`` fractions for ``image``."""
+        rng = _image_rng(image, self.random_state)
+        top, bottom = rng.uniform(0, self.max_fraction, size=2)
+        split = rng.uniform(0, 1)
+        total = top + bottom
+        return float(top), float(bottom), float(total * split), float(total * (1 - split))
+
+
+class Reframe(ImageTransformerMixin):
+    """Cut fractions of the film's height off its ``top`` and ``bottom`` and of
+    its width off its ``left`` and ``right``, and resize back to the input's
+    shape: the film as a tighter collimation would have framed it.
+
+    With equal vertical and horizontal totals (``top + bottom == left + right``)
+    the content keeps its aspect ratio; `RandomZoom` is the centred case.
+    """
+
+    def __init__(self, top=0.0, bottom=0.0, left=0.0, right=0.0):
+        self.top = top
+        self.bottom = bottom
+        self.left = left
+        self.right = right
+
+    def transform(self, X):
+        cuts = (self.top, self.bottom, self.left, self.right)
+        if not (all(c >= 0 for c in cuts) and self.top + self.bottom < 1
+                and self.left + self.right < 1):
+            raise ValueError("cuts must be >= 0 and leave part of the film, got "
+                             f"top={self.top!r}, bottom={self.bottom!r}, "
+                             f"left={self.left!r}, right={self.right!r}")
+        return like_input(X, [self._reframe(image) for image in as_images(X)])
+
+    def _reframe(self, image):
+        height, width = image.shape
+        top, bottom = round(height * self.top), round(height * self.bottom)
+        left, right = round(width * self.left), round(width * self.right)
+        kept = image[top:max(top + 1, height - bottom), left:max(left + 1, width - right)]
+        return resize_to(kept, height, width)
 
 
 class Intensity(ImageTransformerMixin):
