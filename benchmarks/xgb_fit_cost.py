@@ -24,7 +24,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines.assemble import extract_features, extract_training_copies, make_head  # noqa: E402
+from pipelines.assemble import (DEFAULT_AUGMENT, extract_features,  # noqa: E402
+                                extract_training_copies, make_head)
 from pipelines.run import default_cache_dir, load_training_index  # noqa: E402
 from xray_features import make_folds  # noqa: E402
 
@@ -63,7 +64,7 @@ def main(argv=None):
     y = train.labels
     train_rows = make_folds(y, train.groups, n_splits=5, seed=0)[0][0]
     sets = [extract_features(train.paths, NAMES, args.cache_dir)]
-    sets += extract_training_copies("counter-squash+zoom", train.paths, y, NAMES, args.cache_dir)
+    sets += extract_training_copies(DEFAULT_AUGMENT, train.paths, y, NAMES, args.cache_dir)
     X = np.vstack([np.hstack([s[n] for n in NAMES])[train_rows] for s in sets])
     Y = np.tile(y[train_rows], len(sets))
     load_start = os.getloadavg()[0]

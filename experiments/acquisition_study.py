@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.assemble import (extract_counter_squash_features, extract_features,
-                                extract_zoom_features, make_head)
+from pipelines.assemble import make_head
 from pipelines.metrics import auc, binary_metrics
 from xray_features import ReadImages
 from xray_features.augment import Intensity
@@ -34,9 +33,9 @@ from xray_features.sharpness import EqualizeSharpness, laplacian_variance
 from xray_features.views import view_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import Results, cross_fit, headline, study_parser, train_site_folds  # noqa: E402
+from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402
+                     hybrid_features, study_parser, train_site_folds)
 
-NAMES = ["hog", "cnn"]
 # re-renderings of the test images; the black level 0.05 is about train
 # PNEUMONIA's median 5th percentile (NORMAL's is 0)
 STRESS = {"black05": Intensity(black=0.05), "contrast85": Intensity(contrast=0.85),
@@ -62,10 +61,6 @@ def describe(stats):
                                 for j, name in enumerate(STATS)}}
 
 
-def hog_cnn(found):
-    return np.hstack([found[name] for name in NAMES])
-
-
 def main(argv=None):
     parser = study_parser(__doc__, out="runs/acquisition_study.json", site_val=False)
     args = parser.parse_args(argv)
@@ -81,15 +76,9 @@ def main(argv=None):
     if site is not None:
         results.add("site_val (unlabelled)", describe(film_statistics(list(site.paths))))
 
-    pre = default_preprocessor()
-    X = hog_cnn(extract_features(train.paths, NAMES, args.cache_dir, preprocessor=pre))
-    copies = [hog_cnn(extract_counter_squash_features(train.paths, y, NAMES, args.cache_dir,
-                                                      preprocessor=pre)),
-              hog_cnn(extract_zoom_features(train.paths, NAMES, args.cache_dir,
-                                            preprocessor=pre))]
-    stress = {name: hog_cnn(extract_features(train.paths, NAMES, args.cache_dir,
-                                             preprocessor=view_preprocessor(step, pre)))
-              for name, step in STRESS.items()}
+    X, copies = default_training_set(train, args.cache_dir)
+    stress = {name: hybrid_features(train.paths, args.cache_dir, preprocessor=view_preprocessor(
+                  step, default_preprocessor())) for name, step in STRESS.items()}
     p, stressed, threshold, _ = cross_fit(make_head("logreg"), X, y, folds, copies, stress)
     result = {"cv": headline(binary_metrics(y, p, threshold)), "threshold": round(threshold, 4)}
     result.update({name: headline(binary_metrics(y, scores, threshold))

@@ -3,9 +3,9 @@
     python experiments/framing_study.py
 
 LungCrop's lung box (on the CLAHE'd 224-px image) gives the lungs' height and
-width, and the film left above and below them, as fractions of the film's; images where LungCrop falls back are left
-out. On train/ it also reports how well each extent alone predicts the label
-(AUC). site_val/'s labels are not read: this compares image statistics only.
+width, and the film left above and below them, as fractions of the film's;
+images where LungCrop falls back are left out. On train/ it also reports how
+well each extent alone predicts the label (AUC). site_val/'s labels are not read: this compares image statistics only.
 """
 
 from __future__ import annotations

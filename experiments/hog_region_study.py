@@ -23,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.assemble import extract_features, extract_training_copies, make_head
+from pipelines.assemble import (DEFAULT_AUGMENT, extract_features, extract_training_copies,
+                                make_head)
 from pipelines.metrics import binary_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shift_attribution_study import HOG_GRID, HOG_PER_BLOCK  # noqa: E402
-from studies import (Results, cross_fit, headline, site_val_look, study_parser,  # noqa: E402
-                     train_site_folds)
+from studies import (HYBRID, Results, cross_fit, headline, site_val_look,  # noqa: E402
+                     study_parser, train_site_folds)
 
-NAMES = ["hog", "cnn"]
 # variant -> block positions (row, column) kept
 VARIANTS = {
     "hog-no-bottom": [(r, c) for r in range(HOG_GRID - 1) for c in range(HOG_GRID)],
@@ -56,9 +56,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     train, site, folds = train_site_folds(args.data)
     y = train.labels
-    feats = extract_features(train.paths, NAMES, args.cache_dir)
-    copies = extract_training_copies("counter-squash+zoom", train.paths, y, NAMES, args.cache_dir)
-    site_feats = extract_features(site.paths, NAMES, args.cache_dir) if args.site_val else None
+    feats = extract_features(train.paths, HYBRID, args.cache_dir)
+    copies = extract_training_copies(DEFAULT_AUGMENT, train.paths, y, HYBRID, args.cache_dir)
+    site_feats = extract_features(site.paths, HYBRID, args.cache_dir) if args.site_val else None
     results = Results()
     for variant in args.variants.split(","):
         columns = hog_columns(VARIANTS[variant])

@@ -54,8 +54,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from pipelines.assemble import (extract_counter_squash_features, extract_features,
                                 extract_zoom_features, make_head)
 from pipelines.decision import mean_logit
@@ -66,10 +64,9 @@ from xray_features.views import view_preprocessor, zoom_views
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aspect_study import summary  # noqa: E402
-from studies import (Results, cross_fit, headline, site_val_look, study_parser,  # noqa: E402
-                     train_site_folds)
+from studies import (HYBRID, Results, cross_fit, headline, site_val_look,  # noqa: E402
+                     stack, study_parser, train_site_folds)
 
-NAMES = ["hog", "cnn"]
 
 
 def before_default(step):
@@ -98,12 +95,13 @@ def features(paths, pre, cache_dir, labels=None, random_zoom=None):
     """hog+cnn of ``paths`` under ``pre``; with ``labels``, of their counter-squash
     copies (zoomed after the stretch by ``RandomZoom(random_zoom)``)."""
     if labels is None:
-        found = extract_features(paths, NAMES, cache_dir, preprocessor=pre)
+        found = extract_features(paths, HYBRID, cache_dir, preprocessor=pre)
     else:
         if random_zoom:
             pre = view_preprocessor(RandomZoom(random_zoom), pre)
-        found = extract_counter_squash_features(paths, labels, NAMES, cache_dir, preprocessor=pre)
-    return np.hstack([found[n] for n in NAMES])
+        found = extract_counter_squash_features(paths, labels, HYBRID, cache_dir,
+                                                preprocessor=pre)
+    return stack(found)
 
 
 def main(argv=None):
@@ -124,8 +122,8 @@ def main(argv=None):
         if extra == "views":
             copies += list(views.values())
         elif extra == "zoom-copy":
-            zoomed = extract_zoom_features(train.paths, NAMES, args.cache_dir, preprocessor=pre)
-            copies.append(np.hstack([zoomed[n] for n in NAMES]))
+            copies.append(stack(extract_zoom_features(train.paths, HYBRID, args.cache_dir,
+                                                      preprocessor=pre)))
         p, stressed, threshold, score = cross_fit(
             make_head("logreg"), X, y, folds, copies, {"counter_squashed": copies[0], **views})
         if tta:

@@ -31,20 +31,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from pipelines.assemble import (extract_counter_squash_features, extract_features,
-                                extract_zoom_features, make_head)
+from pipelines.assemble import make_head
 from pipelines.metrics import binary_metrics
 from xray_features.augment import RandomReframe, Reframe
 from xray_features.preprocess import default_preprocessor
 from xray_features.views import view_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import (Results, cross_fit, headline, site_val_look, study_parser,  # noqa: E402
-                     train_site_folds)
+from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402
+                     hybrid_features, site_val_look, study_parser, train_site_folds)
 
-NAMES = ["hog", "cnn"]
 STRESS = {
     "bottom05": Reframe(bottom=0.05, left=0.025, right=0.025),
     "bottom10": Reframe(bottom=0.10, left=0.05, right=0.05),
@@ -54,10 +50,6 @@ STRESS = {
 VARIANTS = ("default", "reframe-copy")
 
 
-def hog_cnn(found):
-    return np.hstack([found[name] for name in NAMES])
-
-
 def main(argv=None):
     parser = study_parser(__doc__, out="runs/reframe_study.json")
     parser.add_argument("--variants", default="default", help=", ".join(VARIANTS))
@@ -65,31 +57,28 @@ def main(argv=None):
     train, site, folds = train_site_folds(args.data)
     y = train.labels
     pre = default_preprocessor()
-    X = hog_cnn(extract_features(train.paths, NAMES, args.cache_dir, preprocessor=pre))
-    counter_squash = hog_cnn(extract_counter_squash_features(train.paths, y, NAMES,
-                                                             args.cache_dir, preprocessor=pre))
-    stress = {name: hog_cnn(extract_features(train.paths, NAMES, args.cache_dir,
-                                             preprocessor=view_preprocessor(step, pre)))
+    X, (counter_squash, zoom) = default_training_set(train, args.cache_dir)
+    stress = {name: hybrid_features(train.paths, args.cache_dir,
+                                    preprocessor=view_preprocessor(step, pre))
               for name, step in STRESS.items()}
     results = Results()
     for variant in args.variants.split(","):
         if variant == "default":
-            second = extract_zoom_features(train.paths, NAMES, args.cache_dir, preprocessor=pre)
+            second = zoom
         elif variant == "reframe-copy":
-            second = extract_features(train.paths, NAMES, args.cache_dir,
-                                      preprocessor=view_preprocessor(RandomReframe(0.1), pre))
+            second = hybrid_features(train.paths, args.cache_dir,
+                                     preprocessor=view_preprocessor(RandomReframe(0.1), pre))
         else:
             raise SystemExit(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
         p, stressed, threshold, score = cross_fit(make_head("logreg"), X, y, folds,
-                                                  [counter_squash, hog_cnn(second)], stress)
+                                                  [counter_squash, second], stress)
         cv = binary_metrics(y, p, threshold)
         result = {"cv": headline(cv), "threshold": round(threshold, 4)}
         result.update({name: headline(binary_metrics(y, s, threshold))
                        for name, s in stressed.items()})
         name = f"hog+cnn/logreg-countersquash-{'zoom' if variant == 'default' else variant}"
         if args.site_val:
-            site_p = score(hog_cnn(extract_features(site.paths, NAMES, args.cache_dir,
-                                                    preprocessor=pre)))
+            site_p = score(hybrid_features(site.paths, args.cache_dir))
             site_val_look(result, name + " (reframe_study)", cv, site.labels, site_p, threshold)
         results.add(name, result)
     results.save(args.out)

@@ -22,20 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.assemble import extract_features, extract_training_copies, make_head
+from pipelines.assemble import make_head
 from pipelines.persist import load_model
 from pipelines.score import DEFAULT_MODEL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import Results, fold_models, study_parser, train_site_folds  # noqa: E402
+from studies import (Results, default_training_set, fold_models,  # noqa: E402
+                     hybrid_features, study_parser, train_site_folds)
 
-NAMES = ["hog", "cnn"]
 HOG_GRID = 7  # blocks per side: 128 px / 16-px cells = 8 cells, 2-cell blocks
 HOG_PER_BLOCK = 2 * 2 * 9  # cells per block x orientations
-
-
-def hog_cnn(features):
-    return np.hstack([features[name] for name in NAMES]).astype(np.float64)
 
 
 def logit_terms(head, X):
@@ -46,11 +42,9 @@ def logit_terms(head, X):
 
 def out_of_fold_terms(train, folds, cache_dir):
     """Train/'s logit terms, each film's from the fold head that did not see it."""
-    X = hog_cnn(extract_features(train.paths, NAMES, cache_dir))
-    copies = [hog_cnn(c) for c in extract_training_copies("counter-squash+zoom", train.paths,
-                                                           train.labels, NAMES, cache_dir)]
+    X, copies = (np.asarray(m, dtype=np.float64) for m in default_training_set(train, cache_dir))
     heads = fold_models(make_head("logreg"), X, train.labels, folds, copies)[0]
-    terms = np.zeros_like(X)
+    terms = np.zeros(X.shape)
     for head, (_, test) in zip(heads, folds):
         terms[test] = logit_terms(head, X[test])
     return terms
@@ -75,8 +69,7 @@ def main(argv=None):
     n_hog = HOG_GRID * HOG_GRID * HOG_PER_BLOCK
     sets = {"train (out of fold)": (train, out_of_fold_terms(train, folds, args.cache_dir))}
     if args.site_val:
-        sets["site_val"] = (site, logit_terms(head, hog_cnn(extract_features(site.paths, NAMES,
-                                                                            args.cache_dir))))
+        sets["site_val"] = (site, logit_terms(head, hybrid_features(site.paths, args.cache_dir)))
     results = Results()
     results.add("packaged head's intercept", float(head.named_steps["logreg"].intercept_[0]))
     summaries = {}

@@ -1,5 +1,6 @@
 """What the study scripts share: their common options, the train/ folds, the
-cross-fitting of a head with augmented copies, the site_val log and the JSON results."""
+default hybrid's features, the cross-fitting of a head with augmented copies,
+the site_val log and the JSON results."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import clone
 
+from pipelines.assemble import DEFAULT_AUGMENT, extract_features, extract_training_copies
 from pipelines.decision import PlattCalibrator
 from pipelines.metrics import binary_metrics, youden_threshold
 from pipelines.run import default_cache_dir
@@ -21,6 +23,7 @@ LOG = Path(__file__).resolve().parent / "site_val_log.md"
 TABLE_HEADER = ("| when (UTC) | config | CV AUC | CV acc | CV sens | CV spec | threshold "
                 "| site AUC | site acc | site sens | site spec |\n"
                 "|---|---|---|---|---|---|---|---|---|---|---|\n")
+HYBRID = ["hog", "cnn"]  # the default model's extractors, in its column order
 
 
 def study_parser(doc, out=None, site_val=True):
@@ -44,6 +47,24 @@ def train_site_folds(data):
     train = index.subset("train")
     site = index.subset("site_val") if "site_val" in index.splits else None
     return train, site, make_folds(train.labels, train.groups, n_splits=5, seed=0)
+
+
+def stack(found, names=HYBRID):
+    """``{name: features}`` as one matrix, the ``names``' columns side by side."""
+    return np.hstack([found[name] for name in names])
+
+
+def hybrid_features(paths, cache_dir, **kwargs):
+    """The default hybrid's features of ``paths`` (`extract_features` options in ``kwargs``)."""
+    return stack(extract_features(paths, HYBRID, cache_dir, **kwargs))
+
+
+def default_training_set(train, cache_dir):
+    """The hybrid's features of train/ and a list of its copy sets' (each one
+    row per image), as `pipelines.run` trains by default."""
+    copies = extract_training_copies(DEFAULT_AUGMENT, train.paths, train.labels, HYBRID,
+                                     cache_dir)
+    return hybrid_features(train.paths, cache_dir), [stack(c) for c in copies]
 
 
 def fold_models(head, X, y, folds, copies=()):

@@ -24,7 +24,7 @@ from .decision import DecisionClassifier
 __all__ = ["EXTRACTORS", "HEADS", "parse_feature_sets", "make_extractor", "make_head",
            "make_feature_union", "make_pipeline", "extract_features",
            "extract_counter_squash_features", "extract_zoom_features", "extract_training_copies",
-           "AUGMENTATIONS", "extract_preprocessed"]
+           "AUGMENTATIONS", "DEFAULT_AUGMENT", "extract_preprocessed"]
 
 # cnn160: the same embedder at 160 px, the fast path (see benchmarks/README.md).
 EXTRACTORS = ("hog", "lbp", "cnn", "cnn160")
@@ -32,6 +32,7 @@ HEADS = ("xgb", "logreg")
 # training copies per image: each is made once, cached, and joins only training folds
 AUGMENTATIONS = {"counter-squash+zoom": ("counter-squash", "zoom"),
                  "counter-squash": ("counter-squash",), "none": ()}
+DEFAULT_AUGMENT = "counter-squash+zoom"  # pipelines.run's default, the packaged model's
 ZOOM = 0.1  # RandomZoom's max_fraction for the zoom copies
 
 

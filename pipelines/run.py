@@ -31,7 +31,8 @@ from xray_features.dataset import fold_of, index_dataset, make_folds
 from xray_features.preprocess import default_preprocessor
 from xray_features.views import ViewFeatures, view_preprocessor, zoom_views
 
-from .assemble import (AUGMENTATIONS, HEADS, extract_features, extract_training_copies,
+from .assemble import (AUGMENTATIONS, DEFAULT_AUGMENT, HEADS, extract_features,
+                       extract_training_copies,
                        make_feature_union, make_head, parse_feature_sets)
 from .baselines import finetuned_baselines
 from .decision import DecisionClassifier
@@ -74,7 +75,8 @@ def build_parser():
                         help="a labelled folder (<dir>/NORMAL, <dir>/PNEUMONIA) scored by the "
                         "models fitted on all of the training data; never used for fitting")
     parser.add_argument("--cv", type=int, default=5, help="number of patient-grouped folds")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the folds, the heads and the zoom copies")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the folds, the heads and the zoom copies")
     parser.add_argument("--limit", type=int, default=None,
                         help="use a stratified, patient-grouped subsample of about N images")
     parser.add_argument("--threshold-rule", default="youden",
@@ -83,7 +85,7 @@ def build_parser():
     parser.add_argument("--lung-crop", action="store_true",
                         help="add LungCrop to the preprocessing (off by default: it lowered "
                         "site_val AUC, see experiments/site_val_log.md)")
-    parser.add_argument("--augment", choices=AUGMENTATIONS, default="counter-squash+zoom",
+    parser.add_argument("--augment", choices=AUGMENTATIONS, default=DEFAULT_AUGMENT,
                         help="training-time copies of each training image: 'counter-squash', "
                         "squashed like the other class (the train images were squashed from "
                         "originals whose shape differs by class; experiments/aspect_study.py), "
