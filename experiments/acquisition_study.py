@@ -27,20 +27,15 @@ import numpy as np
 from pipelines.assemble import make_head
 from pipelines.metrics import auc, binary_metrics
 from xray_features import ReadImages
-from xray_features.augment import Intensity
 from xray_features.preprocess import default_preprocessor
-from xray_features.sharpness import EqualizeSharpness, laplacian_variance
+from xray_features.sharpness import laplacian_variance
 from xray_features.views import view_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stress import STRESS  # noqa: E402
 from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402
                      hybrid_features, study_parser, train_site_folds)
 
-# re-renderings of the test images; the black level 0.05 is about train
-# PNEUMONIA's median 5th percentile (NORMAL's is 0)
-STRESS = {"black05": Intensity(black=0.05), "contrast85": Intensity(contrast=0.85),
-          "gamma08": Intensity(gamma=0.8), "gamma125": Intensity(gamma=1.25),
-          "sharpness130": EqualizeSharpness(target=130.0)}
 
 
 def film_statistics(paths, batch=256):

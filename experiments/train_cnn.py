@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,20 +87,30 @@ def normalise(x01):
     return (x01 * 255.0 - 127.0) / 128.0
 
 
-def augment(x01, generator):
-    """Random affine (+-10 deg, +-8% shift, 0.92-1.08 zoom) and brightness/contrast."""
+def augment(x01, generator, zoom=(0.92, 1.08), aspect=None, stretch=None):
+    """Random affine (+-10 deg, +-8% shift, ``zoom``, and with ``aspect`` a
+    width/height stretch drawn log-uniformly from that range) and
+    brightness/contrast. ``stretch``: (n, 2) horizontal and vertical
+    magnifications applied on top. Draws on the CPU ``generator``, works on
+    ``x01``'s device."""
     n = x01.shape[0]
     u = lambda low, high: torch.empty(n).uniform_(low, high, generator=generator)  # noqa: E731
     angle = torch.deg2rad(u(-10, 10))
-    zoom = u(0.92, 1.08)
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    scale = u(*zoom)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([
         torch.stack([cos, -sin, u(-0.08, 0.08)], 1),
         torch.stack([sin, cos, u(-0.08, 0.08)], 1),
     ], 1)
+    contrast, brightness = u(0.85, 1.15), u(-0.08, 0.08)
+    if aspect is not None:  # widen by sqrt(a), shorten by sqrt(a): columns of theta
+        root = torch.exp(u(*np.log(aspect)) / 2)
+        theta = theta * torch.stack([1 / root, root, torch.ones(n)], 1).view(n, 1, 3)
+    if stretch is not None:
+        theta = theta * torch.cat([1 / stretch, torch.ones(n, 1)], 1).view(n, 1, 3)
+    theta, contrast, brightness = (t.to(x01.device) for t in (theta, contrast, brightness))
     grid = F.affine_grid(theta, list(x01.shape), align_corners=False)
     out = F.grid_sample(x01, grid, padding_mode="zeros", align_corners=False)
-    contrast, brightness = u(0.85, 1.15), u(-0.08, 0.08)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     out = (out - mean) * contrast.view(-1, 1, 1, 1) + mean + brightness.view(-1, 1, 1, 1)
     return out.clamp(0.0, 1.0)
@@ -170,7 +181,7 @@ class ExportWrapper(nn.Module):
         self.model = model
 
     def forward(self, image):
-        if isinstance(self.model, Lite0Classifier):
+        if hasattr(self.model, "embed"):
             embedding = self.model.embed(image)
             return torch.sigmoid(self.model.fc(embedding).squeeze(1)), embedding
         return torch.sigmoid(self.model(image))
@@ -219,9 +230,13 @@ def train(arch, x01, y, args, seed):
 def export(model, path, size):
     """Export to ONNX (dynamic batch) and check it against torch."""
     wrapper = ExportWrapper(model).eval()
-    outputs = ["probability", "embedding"] if isinstance(model, Lite0Classifier) else ["probability"]
+    outputs = ["probability", "embedding"] if hasattr(model, "embed") else ["probability"]
     dummy = torch.zeros(2, model.channels, size, size)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the legacy exporter is deprecated but still the one that writes a single
+        # self-contained file; shape arithmetic traced at ``size`` is intended
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             wrapper, (dummy,), str(path), dynamo=False, opset_version=17,
             input_names=["image"], output_names=outputs,

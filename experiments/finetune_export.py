@@ -1,0 +1,89 @@
+"""Export the models of a `finetune_224.py` run to ONNX, write their
+prediction tables, and (``--site-val``) check them on site_val/.
+
+    python experiments/finetune_export.py experiments/artifacts/ft224 [--site-val]
+
+For each recipe in ``RUN/results.json``: ``RUN/<recipe>.onnx`` (outputs
+``probability`` and ``embedding``, checked against torch) and its
+out-of-fold probabilities, ``cnn_<RUN name>_<recipe>.csv``, in ``--oof-dir``
+for the recipe the run picked (`pipelines.run` reports it as a baseline) and
+in its ``unpicked/`` subfolder for the others. With ``--site-val``, the final
+models' site_val predictions go to its ``site_val/`` subfolder, scored at
+their out-of-fold Youden threshold, one logged look per recipe. Prints a
+JSON line per recipe and writes ``RUN/export.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from finetune_224 import FineTuned  # noqa: E402
+from studies import log_row  # noqa: E402
+from train_cnn import export, scores, write_predictions, youden_threshold  # noqa: E402
+
+from xray_features import index_dataset, read_xray  # noqa: E402
+from xray_features.cnn import OnnxCNNClassifier  # noqa: E402
+from xray_features.preprocess import default_preprocessor  # noqa: E402
+
+OOF = Path(__file__).resolve().parent / "oof"
+
+
+def load(state_path):
+    model = FineTuned()
+    model.load_state_dict(torch.load(state_path, map_location="cpu"))
+    return model.eval()
+
+
+def site_scores(onnx_path, site):
+    images = default_preprocessor().fit_transform([read_xray(p) for p in site.paths])
+    return OnnxCNNClassifier(model_path=str(onnx_path), image_size=224).predict_proba(images)[:, 1]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a finetune_224.py output folder")
+    parser.add_argument("--data", default=os.environ.get("XRAY_DATA", "../shared/data/kermany"))
+    parser.add_argument("--oof-dir", type=Path, default=OOF, help=f"(default: {OOF})")
+    parser.add_argument("--site-val", action="store_true",
+                        help="score site_val once per recipe and log it")
+    args = parser.parse_args(argv)
+    results = json.loads((args.run / "results.json").read_text())
+    stored = np.load(args.run / "oof.npz")
+    y, fold = stored["y"], stored["fold"]
+    site = index_dataset(args.data).subset("site_val") if args.site_val else None
+    report = {}
+    for recipe, result in results["recipes"].items():
+        onnx_path = args.run / f"{recipe}.onnx"
+        parity = export(load(args.run / f"final_{recipe}.pt"), onnx_path, 224)
+        proba = stored[f"proba_{recipe}"]
+        table = f"cnn_{args.run.name}_{recipe}.csv"
+        folder = args.oof_dir if recipe == results["picked"] else args.oof_dir / "unpicked"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_predictions(folder / table, stored["paths"], y, fold, proba)
+        threshold = youden_threshold(y, proba)
+        entry = {"onnx_torch_max_diff": parity, "cv": scores(y, proba, threshold),
+                 "worst_stressed_auc": result["worst_auc"], "picked": recipe == results["picked"]}
+        if site is not None:
+            p_site = site_scores(onnx_path, site)
+            rel = [os.path.relpath(p, args.data) for p in site.paths]
+            (args.oof_dir / "site_val").mkdir(parents=True, exist_ok=True)
+            write_predictions(args.oof_dir / "site_val" / table, rel, site.labels,
+                              np.full(len(rel), -1), p_site)
+            entry["site_val"] = scores(site.labels, p_site, threshold)
+            log_row(f"cnn_{args.run.name}_{recipe} (finetune_224, pure CNN)", entry["cv"], entry["site_val"])
+        report[recipe] = entry
+        print(json.dumps({recipe: entry}), flush=True)
+    (args.run / "export.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The 224-px fine-tuned Lite0 in the hybrid: its embeddings beside HOG, and
+its probability averaged with the default hybrid's.
+
+    python experiments/finetune_224.py --data DIR --out experiments/artifacts/ft224  # on a GPU
+    python experiments/finetune_export.py experiments/artifacts/ft224
+    python experiments/finetuned224_study.py              # CV, paired with the default
+    python experiments/finetuned224_study.py --site-val   # + one logged look per model
+
+Only the recipe that `finetune_224.py`'s rule picked (blind to site_val) is
+used. Its fold models were not kept, only their out-of-fold embeddings, so
+the embedding head is stacked: it trains on out-of-fold embeddings (each from
+the fold model that never saw that image) and the final head, trained on all
+of them, scores the final model's embeddings. Models, each with the logistic
+head and without augmented copies (the fold models never embedded any):
+
+- ``hog+ft224/logreg``: HOG beside the fine-tuned embedding; its reference is
+  ``hog+cnn/logreg`` trained the same way, on the frozen embedding.
+- ``ensemble hybrid+ft224``: the mean of the calibrated logits of the default
+  hybrid (``hog+cnn/logreg`` with counter-squash and zoom copies) and of the
+  fine-tuned CNN's probability; threshold: Youden on its out-of-fold mean.
+
+Each is compared, paired by patient on the same out-of-fold images, with the
+default hybrid.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.assemble import extract_features, make_head
+from pipelines.decision import mean_logit
+from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
+from xray_features.cnn import OnnxEmbedder
+from xray_features.dataset import fold_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ensemble_study import saved_site_scores  # noqa: E402
+from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402
+                     hybrid_features, site_val_look, study_parser, train_site_folds)
+
+RUN = Path(__file__).resolve().parent / "artifacts" / "ft224"
+
+
+def main(argv=None):
+    parser = study_parser(__doc__, out="runs/finetuned224_study.json")
+    parser.add_argument("--run", type=Path, default=RUN, help=f"(default: {RUN})")
+    args = parser.parse_args(argv)
+    picked = json.loads((args.run / "results.json").read_text())["picked"]
+    model = args.run / f"{picked}.onnx"
+    if not model.exists():
+        parser.error(f"{model} missing: run experiments/finetune_export.py {args.run}")
+    stored = np.load(args.run / "oof.npz")
+    train, site, folds = train_site_folds(args.data)
+    y = train.labels
+    if list(stored["fold"]) != list(fold_of(folds, len(y))) or list(stored["y"]) != list(y):
+        parser.error(f"{args.run} was trained on other folds or images than the pipelines'")
+    tuned, tuned_proba = stored["embeddings"].astype(np.float32), stored[f"proba_{picked}"]
+    embedder = {"ft224": OnnxEmbedder(model_path=str(model))}  # default preprocessing, 224 px
+
+    X_default, copies = default_training_set(train, args.cache_dir)
+    p_default, _, t_default, score_default = cross_fit(make_head("logreg"), X_default, y, folds,
+                                                       copies)
+    hog = extract_features(train.paths, ["hog"], args.cache_dir)["hog"]
+    if args.site_val:
+        site_hog = extract_features(site.paths, ["hog"], args.cache_dir)["hog"]
+        site_tuned = extract_features(site.paths, ["ft224"], args.cache_dir,
+                                      extractors=embedder)["ft224"]
+        site_default = score_default(hybrid_features(site.paths, args.cache_dir))
+        site_tuned_proba = saved_site_scores(f"baseline/cnn_{args.run.name}_{picked}", site.paths)
+
+    results = Results()
+    models = {"hog+cnn/logreg (frozen, no copies)": hybrid_features(train.paths, args.cache_dir),
+              f"hog+ft224_{picked}/logreg": np.hstack([hog, tuned])}
+    for name, X in models.items():
+        p, _, threshold, score = cross_fit(make_head("logreg"), X, y, folds)
+        result = {"cv": headline(binary_metrics(y, p, threshold)), "threshold": round(threshold, 4),
+                  "cv_vs_default": paired_bootstrap_auc(y, p, p_default, train.groups)}
+        if args.site_val and "ft224" in name:
+            site_val_look(result, name + " (finetuned224_study)",
+                          binary_metrics(y, p, threshold), site.labels,
+                          score(np.hstack([site_hog, site_tuned])), threshold)
+        results.add(name, result)
+
+    p = mean_logit([p_default, tuned_proba])
+    threshold = youden_threshold(y, p)
+    cv = binary_metrics(y, p, threshold)
+    result = {"cv": headline(cv), "threshold": round(threshold, 4),
+              "cv_vs_default": paired_bootstrap_auc(y, p, p_default, train.groups)}
+    if args.site_val:
+        site_val_look(result, f"ensemble hybrid+ft224_{picked} (finetuned224_study)", cv,
+                      site.labels, mean_logit([site_default, site_tuned_proba]), threshold)
+    results.add(f"ensemble hybrid+ft224_{picked}", result)
+    results.save(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
