@@ -16,6 +16,7 @@ JSON line per recipe and writes ``RUN/export.json``.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -31,6 +32,7 @@ from train_cnn import export, scores, write_predictions, youden_threshold  # noq
 
 from xray_features import index_dataset, read_xray  # noqa: E402
 from xray_features.cnn import OnnxCNNClassifier  # noqa: E402
+from xray_features.hashing import file_sha256  # noqa: E402
 from xray_features.preprocess import default_preprocessor  # noqa: E402
 
 OOF = Path(__file__).resolve().parent / "oof"
@@ -45,6 +47,18 @@ def load(state_path):
 def site_scores(onnx_path, site):
     images = default_preprocessor().fit_transform([read_xray(p) for p in site.paths])
     return OnnxCNNClassifier(model_path=str(onnx_path), image_size=224).predict_proba(images)[:, 1]
+
+
+def write_site_predictions(path, site, data_root, proba):
+    """CSV path,label,fold,proba,sha256 (fold -1; sha256 of the file, by which
+    `pipelines.baselines` matches the scores to an evaluation set)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "fold", "proba", "sha256"])
+        for image, label, p in zip(site.paths, site.labels, proba):
+            writer.writerow([os.path.relpath(image, data_root), label, -1, round(float(p), 6),
+                             file_sha256(image)])
 
 
 def main(argv=None):
@@ -73,10 +87,7 @@ def main(argv=None):
                  "worst_stressed_auc": result["worst_auc"], "picked": recipe == results["picked"]}
         if site is not None:
             p_site = site_scores(onnx_path, site)
-            rel = [os.path.relpath(p, args.data) for p in site.paths]
-            (args.oof_dir / "site_val").mkdir(parents=True, exist_ok=True)
-            write_predictions(args.oof_dir / "site_val" / table, rel, site.labels,
-                              np.full(len(rel), -1), p_site)
+            write_site_predictions(args.oof_dir / "site_val" / table, site, args.data, p_site)
             entry["site_val"] = scores(site.labels, p_site, threshold)
             log_row(f"cnn_{args.run.name}_{recipe} (finetune_224, pure CNN)", entry["cv"], entry["site_val"])
         report[recipe] = entry

@@ -7,6 +7,12 @@ relative to the data root). The final model, trained on all of train/, is
 by ``default_preprocessor(crop=True, resize_mode="pad")``. A baseline is used only when its folds
 are exactly the folds of this run, so every model is compared on the same
 splits.
+
+A baseline whose final model is not packaged (the 224-px fine-tuned CNNs of
+`experiments/finetune_224.py`, trained on a GPU) can still be scored on an
+evaluation set its study scored: ``experiments/oof/site_val/<name>.csv`` with
+a ``sha256`` column holds its final model's probabilities, matched to the
+evaluation images by file content; used only when it covers all of them.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 
 from xray_features.cnn import MODELS_DIR
 from xray_features.dataset import fold_of
+from xray_features.hashing import file_sha256
 
 from .metrics import choose_threshold
 
@@ -31,6 +38,23 @@ def read_oof(path):
     with open(path, newline="") as handle:
         return {row["path"]: (int(row["label"]), int(row["fold"]), float(row["proba"]))
                 for row in csv.DictReader(handle)}
+
+
+def saved_eval_scores(table_path, paths):
+    """The saved probabilities of ``paths`` in ``table_path`` (a prediction
+    table with a ``sha256`` column), matched by file content; None unless the
+    table covers every file."""
+    if not Path(table_path).is_file():
+        return None
+    with open(table_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "sha256" not in rows[0]:
+        return None
+    table = {row["sha256"]: float(row["proba"]) for row in rows}
+    hashes = [file_sha256(path) for path in paths]
+    if not all(digest in table for digest in hashes):
+        return None
+    return np.array([table[digest] for digest in hashes])
 
 
 def finetuned_baselines(train, folds, eval_index=None, oof_dir=OOF_DIR, models_dir=MODELS_DIR,
@@ -63,5 +87,7 @@ def finetuned_baselines(train, folds, eval_index=None, oof_dir=OOF_DIR, models_d
             images = extract_preprocessed(eval_index.paths,
                                           default_preprocessor(crop=True, resize_mode="pad"))
             scores = OnnxCNNClassifier(model_path=str(model_path)).predict_proba(images)[:, 1]
+        elif eval_index is not None:
+            scores = saved_eval_scores(Path(oof_dir) / "site_val" / csv_path.name, eval_index.paths)
         yield {"name": f"baseline/{csv_path.stem}", "oof": oof, "threshold": threshold,
                "eval": scores}

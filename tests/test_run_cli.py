@@ -214,3 +214,37 @@ def test_finetuned_baseline_is_used_only_on_the_same_folds_and_follows_the_thres
         np.testing.assert_allclose(found[0]["oof"], proba)
         assert found[0]["threshold"] == choose_threshold(train.labels, proba, rule)
         assert found[0]["eval"] is None
+
+
+def test_unpackaged_baseline_takes_saved_eval_scores_matched_by_content(synthetic_data, tmp_path):
+    import os
+
+    from pipelines.baselines import finetuned_baselines
+    from xray_features import index_dataset, make_folds
+    from xray_features.dataset import fold_of
+    from xray_features.hashing import file_sha256
+
+    index = index_dataset(synthetic_data)
+    train, test = index.subset("train"), index.subset("test")
+    folds = make_folds(train.labels, train.groups, n_splits=3, seed=0)
+    (tmp_path / "site_val").mkdir()
+    with open(tmp_path / "net.csv", "w") as handle:
+        handle.write("path,label,fold,proba\n")
+        for record, k in zip(train.records, fold_of(folds, len(train))):
+            handle.write(f"{os.path.relpath(record.path, train.root)},{record.label},{k},0.5\n")
+    saved = {file_sha256(p): 0.01 * i for i, p in enumerate(test.paths)}
+
+    def write_saved(rows):
+        with open(tmp_path / "site_val" / "net.csv", "w") as handle:
+            handle.write("path,label,fold,proba,sha256\n")
+            for i, (digest, proba) in enumerate(rows):
+                handle.write(f"renamed/{i}.png,0,-1,{proba},{digest}\n")
+
+    def eval_scores():
+        (found,) = finetuned_baselines(train, folds, test, oof_dir=tmp_path, models_dir=tmp_path)
+        return found["eval"]
+
+    write_saved(reversed(list(saved.items())))  # any order, any names: matched by content
+    np.testing.assert_allclose(eval_scores(), [saved[file_sha256(p)] for p in test.paths])
+    write_saved(list(saved.items())[1:])  # one evaluation image not scored: no eval scores
+    assert eval_scores() is None
