@@ -1,5 +1,5 @@
 """Fine-tune the shipped EfficientNet-Lite0 embedder at 224 px on a GPU,
-cross-fitted on the pipelines' folds, under three pre-registered recipes.
+cross-fitted on the pipelines' folds, under fixed recipes.
 
     python experiments/finetune_224.py --data DIR --out DIR [--recipes base,acq,acq_frame]
 
@@ -8,7 +8,8 @@ Every model starts from ``xray_features/models/efficientnet_lite0_embedder.onnx`
 statistics stay frozen) plus a new dropout + linear head, and sees the images
 the hybrid's embedder sees: ``default_preprocessor()`` (CLAHE, 224 px).
 
-Recipes (fixed before any run; 6 epochs, batch 64, AdamW one-cycle peaking at
+Recipes (the first three fixed before any run, the last two before the second
+run, after the first run's site_val looks; 6 epochs, batch 64, AdamW one-cycle peaking at
 1e-4 for the trunk and 1e-3 for the head, gradients clipped to norm 1,
 class-balanced loss, bf16; the exponential moving average of the weights is
 the model):
@@ -19,11 +20,15 @@ the model):
   blur, gamma, contrast, black level), made before CLAHE.
 - ``acq_frame``: ``acq`` with zoom 0.85-1.15 and a width/height stretch of
   0.8-1.25.
+- ``acq_cs``, ``acq_frame_cs``: the same with counter-squash on half the films
+  (`counter_squash_stretch`, the hybrid's counter-squash copies as a random
+  augmentation).
 
 Out of fold, each model also scores its test fold re-rendered by the
-acquisition study's five stress tests (``stress.STRESS``). The rule that picks
-a recipe, fixed before the run and blind to site_val: the highest worst-case
-out-of-fold AUC over the clean and the five stressed renderings.
+acquisition study's five stress tests (``stress.STRESS``) and counter-squashed.
+The rule that picks a recipe, fixed before the first run and blind to
+site_val: the highest worst-case out-of-fold AUC over the clean and the
+stressed renderings.
 
 Outputs in ``--out``: ``results.json`` (per recipe: out-of-fold metrics at
 Youden's threshold, stressed AUCs and specificities, fold AUCs, minutes),
@@ -44,6 +49,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from joblib import Parallel, delayed
@@ -73,7 +79,7 @@ log = logging.getLogger("finetune_224")
 # --- the shipped embedder as a torch module --------------------------------
 
 def same_pad(x, kernel, stride):
-    """TensorFlow 'same' zero padding, as the exported static padding at 224 px."""
+    """TensorFlow 'same' zero padding, as the embedder's Pad nodes compute it."""
     padding = []
     for size in (x.shape[3], x.shape[2]):  # F.pad wants the last axis first
         total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
@@ -218,16 +224,16 @@ def fit(views, y, recipe, seed, args):
             batch = order[i:i + args.batch_size]
             view = torch.randint(recipe["views"], (len(batch),), generator=generator)
             xb = views[view.to(device), batch.to(device)].float()
+            yb = labels[batch.to(device)]
             stretch = None
             if recipe["counter_squash"]:
-                stretch = counter_squash_stretch(labels[batch.to(device)].cpu(), generator)
+                stretch = counter_squash_stretch(yb.cpu(), generator)
             xb = augment(xb, generator, zoom=recipe["zoom"], aspect=recipe["aspect"],
                          stretch=stretch)
             xb = normalise(xb).expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(xb).float()
-            loss = F.binary_cross_entropy_with_logits(
-                logits, labels[batch.to(device)], pos_weight=pos_weight)
+            loss = F.binary_cross_entropy_with_logits(logits, yb, pos_weight=pos_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -288,7 +294,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-4,
                         help="peak trunk learning rate; the head gets 10x (default: 1e-4)")
-    parser.add_argument("--ema", type=float, default=0.99, help="EMA decay per step (default: 0.99)")
+    parser.add_argument("--ema", type=float, default=0.99,
+                        help="EMA decay per step (default: 0.99)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="smoke test: this many images")
     parser.add_argument("--budget-minutes", type=float, default=None,
@@ -308,14 +315,14 @@ def main(argv=None):
     y = train.labels
     folds = make_folds(y, train.groups, n_splits=5, seed=0)
     rendered = renderings(list(train.paths), y, seed=args.seed)
-    log.info("rendered %d films x %d (%.0f s)", len(y), len(rendered), time.perf_counter() - started)
+    log.info("rendered %d films x %d (%.0f s)", len(y), len(rendered),
+             time.perf_counter() - started)
     tensors = {k: torch.from_numpy(v).unsqueeze(1).to(device) for k, v in rendered.items()}
     views = torch.stack([tensors["clean"], tensors["acq1"], tensors["acq2"]])
     tests = {k: v for k, v in tensors.items() if not k.startswith("acq")}
 
     check = FineTuned().eval()
     probe = torch.rand(2, 3, 224, 224)
-    import onnxruntime as ort
     expected = ort.InferenceSession(str(EMBEDDER), providers=["CPUExecutionProvider"]).run(
         None, {"image": probe.numpy()})[0]
     with torch.no_grad():

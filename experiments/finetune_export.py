@@ -89,7 +89,8 @@ def main(argv=None):
             p_site = site_scores(onnx_path, site)
             write_site_predictions(args.oof_dir / "site_val" / table, site, args.data, p_site)
             entry["site_val"] = scores(site.labels, p_site, threshold)
-            log_row(f"cnn_{args.run.name}_{recipe} (finetune_224, pure CNN)", entry["cv"], entry["site_val"])
+            log_row(f"cnn_{args.run.name}_{recipe} (finetune_224, pure CNN)", entry["cv"],
+                    entry["site_val"])
         report[recipe] = entry
         print(json.dumps({recipe: entry}), flush=True)
     (args.run / "export.json").write_text(json.dumps(report, indent=2))

@@ -51,9 +51,8 @@ def test_counter_squash_stretch():
     assert ((stretch == 1).all(1) | chosen).all()
     assert 0.45 < chosen.float().mean() < 0.55
     normal, pneumonia = chosen & (labels == 0), chosen & (labels == 1)
-    torch.testing.assert_close(stretch[normal], torch.tensor([f, f * f]).expand(int(normal.sum()), 2))
-    torch.testing.assert_close(stretch[pneumonia],
-                               torch.tensor([f * f, f]).expand(int(pneumonia.sum()), 2))
+    for rows, expected in ((normal, [f, f * f]), (pneumonia, [f * f, f])):
+        torch.testing.assert_close(stretch[rows], torch.tensor(expected).expand(int(rows.sum()), 2))
 
 
 def square_extent(image):
@@ -100,7 +99,8 @@ def test_finetune_run_outputs(tiny_run):
     assert results["picked"] == "acq_cs" and results["torch_onnx_parity"] < 1e-4
     recipe = results["recipes"]["acq_cs"]
     assert set(recipe["stress"]) == set(stress.STRESS) | {"countersquash"}
-    assert recipe["worst_auc"] == min([recipe["cv"]["auc"]] + [s["auc"] for s in recipe["stress"].values()])
+    stressed = [s["auc"] for s in recipe["stress"].values()]
+    assert recipe["worst_auc"] == min([recipe["cv"]["auc"]] + stressed)
     stored = np.load(out / "oof.npz")
     assert sorted(np.unique(stored["fold"])) == [0, 1, 2, 3, 4]
     assert stored["embeddings"].shape == (24, 1280) and np.isfinite(stored["proba_acq_cs"]).all()
