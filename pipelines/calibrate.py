@@ -6,13 +6,16 @@ Examples::
 
     python -m pipelines.calibrate --labelled-dir site_labelled/ --out site.joblib
     python -m pipelines.calibrate --prevalence 0.3 --out site.joblib
+    python -m pipelines.calibrate --prevalence 0.3 --unlabelled-dir site_films/ --out site.joblib
 
 The features and the head are kept. With ``--labelled-dir`` the Platt
 calibration and the decision threshold are refitted on the site's images.
 With ``--prevalence`` (no images needed) the probabilities are moved to the
 site's share of pneumonia by prior correction, and the threshold moves with
-them, so every decision stays as it was. A new model file (with its sha256
-sidecar) is written; the original is left untouched.
+them, so every decision stays as it was. Adding ``--unlabelled-dir`` also
+moves the threshold: to the score above which that share of the site's own
+unlabelled films lies. A new model file (with its sha256 sidecar) is
+written; the original is left untouched.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ import numpy as np
 from xray_features.dataset import index_dataset
 
 from .decision import PlattCalibrator, prior_corrected, prior_shift
-from .metrics import binary_metrics, choose_threshold
+from .metrics import binary_metrics, choose_threshold, quantile_threshold
 from .persist import ModelFileError, load_model, save_model
-from .score import DEFAULT_MODEL
+from .score import DEFAULT_MODEL, expand_inputs, probabilities_of
 
-__all__ = ["head_scores", "recalibrate", "adjust_prevalence", "main"]
+__all__ = ["head_scores", "recalibrate", "adjust_prevalence", "threshold_from_unlabelled", "main"]
+
+MIN_UNLABELLED = 20  # below this the share called PNEUMONIA is too noisy a target
 
 
 def head_scores(model, paths):
@@ -75,6 +80,24 @@ def adjust_prevalence(model, prevalence, metadata=None):
     return new, fitted
 
 
+def threshold_from_unlabelled(model, paths, prevalence):
+    """A copy of ``model`` that calls the ``prevalence`` share of the films in
+    ``paths`` PNEUMONIA (its probabilities unchanged), and the paths of the
+    files that could not be scored, with their errors."""
+    paths, scores, failed = list(paths), [], []
+    for start in range(0, len(paths), 64):
+        batch = paths[start:start + 64]
+        found, errors = probabilities_of(model, batch)
+        scores += [p for p in found if p is not None]
+        failed += [(batch[i], message) for i, message in sorted(errors.items())]
+    if len(scores) < MIN_UNLABELLED:
+        raise ValueError(f"only {len(scores)} of {len(paths)} unlabelled files could be scored; "
+                         f"at least {MIN_UNLABELLED} are needed to set a threshold")
+    new = copy.deepcopy(model)
+    new.steps[-1][1].threshold_ = quantile_threshold(scores, prevalence)
+    return new, len(scores), failed
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.calibrate",
@@ -89,7 +112,11 @@ def build_parser():
     source.add_argument("--prevalence", type=float,
                         help="the site's share of PNEUMONIA among the images it will score "
                         "(e.g. 0.3); the probabilities are corrected to it and every "
-                        "decision is kept (no images needed)")
+                        "decision is kept (no images needed), unless --unlabelled-dir is given")
+    parser.add_argument("--unlabelled-dir",
+                        help="with --prevalence: the site's own unlabelled films (a folder, "
+                        "searched recursively); the threshold is set so that the --prevalence "
+                        f"share of them is called PNEUMONIA (at least {MIN_UNLABELLED} films)")
     parser.add_argument("--out", required=True, help="the new model file (.joblib)")
     parser.add_argument("--threshold-rule", default="youden",
                         help="with --labelled-dir: 'youden', 'sensitivity:0.95' or a number")
@@ -97,7 +124,11 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.unlabelled_dir is not None and args.prevalence is None:
+        parser.error("--unlabelled-dir needs --prevalence, the share of those films to call "
+                     "PNEUMONIA")
     if Path(args.out).resolve() == Path(args.model).resolve():
         print("error: --out must differ from --model; the original is never overwritten",
               file=sys.stderr)
@@ -134,15 +165,27 @@ def main(argv=None):
 def _write_prevalence_adjusted(model, metadata, args):
     old_threshold = model.steps[-1][1].threshold_
     new, fitted = adjust_prevalence(model, args.prevalence, metadata)
+    correction = {"prevalence": args.prevalence, "from_prevalence": fitted,
+                  "logit_shift": prior_shift(fitted, args.prevalence),
+                  "source_model": str(args.model)}
+    outcome = "so every decision is unchanged"
+    if args.unlabelled_dir is not None:
+        if not Path(args.unlabelled_dir).is_dir():
+            raise FileNotFoundError(f"unlabelled folder not found: {args.unlabelled_dir}")
+        paths = expand_inputs([args.unlabelled_dir])
+        new, n_scored, failed = threshold_from_unlabelled(new, paths, args.prevalence)
+        for path, error in failed:
+            print(f"skipped {path}: {error}", file=sys.stderr)
+        correction["unlabelled"] = {"dir": str(args.unlabelled_dir), "n": n_scored,
+                                    "n_skipped": len(failed)}
+        outcome = (f"set so that {args.prevalence:.3f} of the {n_scored} unlabelled films in "
+                   f"{args.unlabelled_dir} are called PNEUMONIA")
     decision = new.steps[-1][1]
-    metadata = {**metadata, "threshold": decision.threshold_,
-                "prior_correction": {"prevalence": args.prevalence, "from_prevalence": fitted,
-                                     "logit_shift": prior_shift(fitted, args.prevalence),
-                                     "source_model": str(args.model)}}
+    metadata = {**metadata, "threshold": decision.threshold_, "prior_correction": correction}
     save_model(new, args.out, metadata)
     print(f"probabilities corrected from a prevalence of {fitted:.3f} to {args.prevalence:.3f}; "
-          f"threshold {old_threshold:.3f} -> {decision.threshold_:.3f}, so every decision is "
-          f"unchanged. Wrote {args.out}", file=sys.stderr)
+          f"threshold {old_threshold:.3f} -> {decision.threshold_:.3f}, {outcome}. "
+          f"Wrote {args.out}", file=sys.stderr)
     return 0
 
 

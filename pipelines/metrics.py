@@ -8,6 +8,7 @@ from scipy.stats import norm, rankdata
 
 __all__ = [
     "METRICS", "binary_metrics", "auc", "choose_threshold", "youden_threshold",
+    "quantile_threshold",
     "bootstrap_ci", "delong_test", "paired_bootstrap_auc",
 ]
 
@@ -88,6 +89,21 @@ def choose_threshold(y, p, rule="youden"):
     except ValueError:
         raise ValueError(f"unknown threshold rule {rule!r}: use 'youden', "
                          "'sensitivity:<target>' or a number") from None
+
+
+def quantile_threshold(scores, prevalence):
+    """The threshold that calls the ``prevalence`` share of ``scores`` with the
+    highest values positive (``score >= threshold``; more on ties), from
+    unlabelled scores. With no share to call, it lies above every score."""
+    if not 0 < prevalence < 1:
+        raise ValueError(f"prevalence must be between 0 and 1, got {prevalence!r}")
+    ordered = np.sort(np.asarray(scores, dtype=float))[::-1]
+    if len(ordered) == 0:
+        raise ValueError("no scores to set a threshold from")
+    k = int(round(prevalence * len(ordered)))
+    if k == 0:
+        return float(np.nextafter(ordered[0], np.inf))
+    return float(ordered[k - 1])
 
 
 _BLOCK = 2 ** 18  # samples x replicates per block: bounds memory and stays in cache

@@ -81,34 +81,38 @@ def _ok_row(path, probability, threshold):
             "label": str(label), "status": "ok", "error": ""}
 
 
-def score_paths(model, paths):
-    """Score one batch of paths; returns one row dict per path, never raises
-    for a bad image."""
+def probabilities_of(model, paths):
+    """The PNEUMONIA probability of each path (None where it failed) and
+    ``{index: error message}`` for the failures; never raises for a bad image."""
     reader = model.steps[0][1]
     rest = model[1:]
-    threshold = model.steps[-1][1].threshold_
-    rows, images, where = [None] * len(paths), [], []
+    found, errors, images, where = [None] * len(paths), {}, [], []
     for i, path in enumerate(paths):
         try:
             images.append(read_xray(path, max_pixels=reader.max_pixels, min_side=reader.min_side))
             where.append(i)
         except Exception as exc:  # XrayReadError, or anything unexpected
-            rows[i] = _error_row(path, str(exc))
+            errors[i] = str(exc)
     if images:
         try:
-            probabilities = rest.predict_proba(images)[:, 1]
+            for i, probability in zip(where, rest.predict_proba(images)[:, 1]):
+                found[i] = float(probability)
         except Exception:  # isolate the image that breaks the batch
-            probabilities = []
             for i, image in zip(where, images):
                 try:
-                    probabilities.append(rest.predict_proba([image])[0, 1])
+                    found[i] = float(rest.predict_proba([image])[0, 1])
                 except Exception as exc:
-                    probabilities.append(None)
-                    rows[i] = _error_row(paths[i], f"{paths[i]}: scoring failed: {exc}")
-        for i, probability in zip(where, probabilities):
-            if probability is not None:
-                rows[i] = _ok_row(paths[i], float(probability), threshold)
-    return rows
+                    errors[i] = f"{paths[i]}: scoring failed: {exc}"
+    return found, errors
+
+
+def score_paths(model, paths):
+    """Score one batch of paths; returns one row dict per path, never raises
+    for a bad image."""
+    threshold = model.steps[-1][1].threshold_
+    found, errors = probabilities_of(model, paths)
+    return [_error_row(path, errors[i]) if i in errors else _ok_row(path, found[i], threshold)
+            for i, path in enumerate(paths)]
 
 
 def _csv_bytes(rows):
@@ -220,9 +224,11 @@ def _site_adjustments(metadata):
     notes = []
     if metadata.get("site_calibration"):
         notes.append(f"recalibrated on {metadata['site_calibration']['n']} site images")
-    if metadata.get("prior_correction"):
-        notes.append("probabilities for a prevalence of "
-                     f"{metadata['prior_correction']['prevalence']:.3f}")
+    correction = metadata.get("prior_correction")
+    if correction:
+        notes.append(f"probabilities for a prevalence of {correction['prevalence']:.3f}")
+        if correction.get("unlabelled"):
+            notes.append(f"threshold from {correction['unlabelled']['n']} unlabelled site films")
     return "".join(f", {note}" for note in notes)
 
 

@@ -131,3 +131,46 @@ def test_prevalence_and_labelled_dir_exclude_each_other(trained_run, synthetic_d
                            "--out", str(tmp_path / "y.joblib")]) == 2
     assert "strictly between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "y.joblib").exists()
+
+
+def test_unlabelled_films_set_the_threshold_to_the_stated_share(trained_run, synthetic_data,
+                                                                 tmp_path, capsys):
+    import shutil
+
+    source = trained_run / "models" / "hog-logreg.joblib"
+    films = tmp_path / "films"
+    shutil.copytree(synthetic_data / "train", films)  # 30 films, labels ignored
+    (films / "PNEUMONIA" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "quantile.joblib"
+    assert calibrate.main(["--model", str(source), "--prevalence", "0.2", "--unlabelled-dir",
+                           str(films), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "of the 30 unlabelled films" in err
+    new, metadata = load_model(out)
+    assert metadata["prior_correction"]["unlabelled"] == {"dir": str(films), "n": 30,
+                                                          "n_skipped": 1}
+    paths = [p for p in index_dataset(films).paths if not p.endswith("broken.png")]
+    assert new.predict(paths).sum() == 6  # 0.2 of 30, scores untied
+    corrected, _ = calibrate.adjust_prevalence(load_model(source)[0], 0.2)
+    np.testing.assert_allclose(new.predict_proba(paths), corrected.predict_proba(paths))
+    from pipelines import score
+
+    assert score.main(["--model", str(out), str(films / "NORMAL"), "--quiet",
+                       "--out", str(tmp_path / "scores.csv")]) == 0
+    assert "threshold from 30 unlabelled site films" in capsys.readouterr().err
+
+
+def test_unlabelled_dir_needs_a_prevalence_and_enough_films(trained_run, synthetic_data,
+                                                            tmp_path, capsys):
+    source = str(trained_run / "models" / "hog-logreg.joblib")
+    with pytest.raises(SystemExit):
+        calibrate.main(["--model", source, "--labelled-dir", str(synthetic_data / "test"),
+                        "--unlabelled-dir", str(synthetic_data / "test"),
+                        "--out", str(tmp_path / "x.joblib")])
+    assert "--unlabelled-dir needs --prevalence" in capsys.readouterr().err
+    for folder, message in ((synthetic_data / "test", "at least 20"),  # 12 films
+                            (tmp_path / "missing", "unlabelled folder not found")):
+        assert calibrate.main(["--model", source, "--prevalence", "0.5", "--unlabelled-dir",
+                               str(folder), "--out", str(tmp_path / "y.joblib")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "y.joblib").exists()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipelines.metrics import (auc, binary_metrics, bootstrap_ci, choose_threshold, delong_test,
-                               paired_bootstrap_auc, youden_threshold)
+                              paired_bootstrap_auc, quantile_threshold, youden_threshold)
 
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
 P = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.9, 0.3, 0.65, 0.95, 0.6])
@@ -167,3 +167,18 @@ def test_vectorised_bootstrap_matches_a_per_replicate_loop(monkeypatch):
     assert boot["p_value"] == pytest.approx(
         min(1.0, 2 * min((ref_diffs <= 0).mean(), (ref_diffs >= 0).mean())), abs=1e-12)
     assert boot["diff"] == pytest.approx(auc(y, p) - auc(y, q), abs=1e-12)
+
+
+def test_quantile_threshold_calls_the_stated_share():
+    scores = np.array([0.9, 0.1, 0.5, 0.7, 0.3, 0.2, 0.8, 0.4, 0.6, 0.05])
+    threshold = quantile_threshold(scores, 0.3)
+    assert threshold == 0.7 and (scores >= threshold).sum() == 3
+    assert quantile_threshold(scores, 0.04) > scores.max()  # a share of 0.4 images: none
+    assert (scores >= quantile_threshold(scores, 0.96)).all()
+    tied = np.array([0.2, 0.5, 0.5, 0.5, 0.9])
+    assert (tied >= quantile_threshold(tied, 0.4)).sum() == 4  # ties go to the positive side
+    for bad in (0, 1, -0.1, 1.2):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            quantile_threshold(scores, bad)
+    with pytest.raises(ValueError, match="no scores"):
+        quantile_threshold([], 0.5)
