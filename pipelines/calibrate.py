@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from xray_features.dataset import index_dataset
 
@@ -85,11 +86,14 @@ def threshold_from_unlabelled(model, paths, prevalence):
     ``paths`` PNEUMONIA (its probabilities unchanged), and the paths of the
     files that could not be scored, with their errors."""
     paths, scores, failed = list(paths), [], []
-    for start in range(0, len(paths), 64):
-        batch = paths[start:start + 64]
-        found, errors = probabilities_of(model, batch)
-        scores += [p for p in found if p is not None]
-        failed += [(batch[i], message) for i, message in sorted(errors.items())]
+    with tqdm(total=len(paths), unit="img", desc="scoring unlabelled films",
+              disable=None) as bar:  # shown on a terminal only
+        for start in range(0, len(paths), 64):
+            batch = paths[start:start + 64]
+            found, errors = probabilities_of(model, batch)
+            scores += [p for p in found if p is not None]
+            failed += [(batch[i], message) for i, message in sorted(errors.items())]
+            bar.update(len(batch))
     if len(scores) < MIN_UNLABELLED:
         raise ValueError(f"only {len(scores)} of {len(paths)} unlabelled files could be scored; "
                          f"at least {MIN_UNLABELLED} are needed to set a threshold")
