@@ -37,7 +37,6 @@ from studies import (Results, cross_fit, default_training_set, headline,  # noqa
                      hybrid_features, study_parser, train_site_folds)
 
 
-
 def film_statistics(paths, batch=256):
     """Per image: standard deviation, 5th and 95th percentiles and Laplacian
     variance of the raw film."""

@@ -62,7 +62,7 @@ def main(argv=None):
     embedder = {"ft224": OnnxEmbedder(model_path=str(model))}  # default preprocessing, 224 px
 
     X_default, copies = default_training_set(train, args.cache_dir)
-    p_default, _, t_default, score_default = cross_fit(make_head("logreg"), X_default, y, folds,
+    p_default, _, _, score_default = cross_fit(make_head("logreg"), X_default, y, folds,
                                                        copies)
     hog = extract_features(train.paths, ["hog"], args.cache_dir)["hog"]
     if args.site_val:
