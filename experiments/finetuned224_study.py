@@ -62,8 +62,7 @@ def main(argv=None):
     embedder = {"ft224": OnnxEmbedder(model_path=str(model))}  # default preprocessing, 224 px
 
     X_default, copies = default_training_set(train, args.cache_dir)
-    p_default, _, _, score_default = cross_fit(make_head("logreg"), X_default, y, folds,
-                                                       copies)
+    p_default, _, _, score_default = cross_fit(make_head("logreg"), X_default, y, folds, copies)
     hog = extract_features(train.paths, ["hog"], args.cache_dir)["hog"]
     if args.site_val:
         site_hog = extract_features(site.paths, ["hog"], args.cache_dir)["hog"]
