@@ -35,7 +35,8 @@ Youden's threshold, stressed AUCs and specificities, fold AUCs, minutes),
 ``oof.npz`` (paths, y, fold, each recipe's out-of-fold probabilities, and the
 picked recipe's out-of-fold 1280-d embeddings), ``final_<recipe>.pt`` (the
 model trained on all of train/, fp32 state dict; export it with
-``finetune_export.py``) and ``log.txt``.
+``finetune_export.py``), with ``--save-folds`` the fold models
+(``fold<k>_<recipe>.pt``, fp16), and ``log.txt``.
 """
 
 from __future__ import annotations
@@ -257,6 +258,12 @@ def predict(model, images, batch=256):
     return torch.cat(probs).numpy(), torch.cat(embeddings).numpy()
 
 
+def save_weights(model, path, dtype):
+    """The model's state dict on the CPU in ``dtype`` (fp16 halves a fold model
+    to 6.7 MB, under the GPU machine's 16 MiB per returned file)."""
+    torch.save({k: v.to(dtype).cpu() for k, v in model.state_dict().items()}, path)
+
+
 def run_recipe(name, views, tests, y, folds, args):
     """Cross-fit one recipe, then train its final model; return its results."""
     recipe, started = RECIPES[name], time.perf_counter()
@@ -265,6 +272,8 @@ def run_recipe(name, views, tests, y, folds, args):
     embeddings = np.zeros((len(y), 1280), np.float16)
     for k, (train, test) in enumerate(folds):
         model = fit(views[:, train], y[train], recipe, seed=args.seed * 100 + k, args=args)
+        if args.save_folds:
+            save_weights(model, args.out / f"fold{k}_{name}.pt", torch.float16)
         oof[test], embeddings[test] = predict(model, tests["clean"][test])
         for test_name in stressed:
             stressed[test_name][test] = predict(model, tests[test_name][test])[0]
@@ -278,8 +287,7 @@ def run_recipe(name, views, tests, y, folds, args):
                          for test, p in stressed.items()}}
     result["worst_auc"] = min([result["cv"]["auc"]] + [s["auc"] for s in result["stress"].values()])
     model = fit(views, y, recipe, seed=args.seed * 100 + 99, args=args)
-    torch.save({k: v.float().cpu() for k, v in model.state_dict().items()},
-               args.out / f"final_{name}.pt")
+    save_weights(model, args.out / f"final_{name}.pt", torch.float32)
     result["minutes"] = round((time.perf_counter() - started) / 60, 2)
     return result, oof, embeddings
 
@@ -298,6 +306,9 @@ def main(argv=None):
                         help="EMA decay per step (default: 0.99)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="smoke test: this many images")
+    parser.add_argument("--save-folds", action="store_true",
+                        help="also save each fold model, fp16 (fold<k>_<recipe>.pt), for "
+                        "cross-fitted studies on the CPU")
     parser.add_argument("--budget-minutes", type=float, default=None,
                         help="start no recipe after this many minutes")
     args = parser.parse_args(argv)

@@ -4,7 +4,9 @@ prediction tables, and (``--site-val``) check them on site_val/.
     python experiments/finetune_export.py experiments/artifacts/ft224 [--site-val]
 
 For each recipe in ``RUN/results.json``: ``RUN/<recipe>.onnx`` (outputs
-``probability`` and ``embedding``, checked against torch) and its
+``probability`` and ``embedding``, checked against torch; and
+``RUN/fold<k>_<recipe>.onnx`` for fold models saved with ``--save-folds``,
+their fp16 weights widened to fp32) and its
 out-of-fold probabilities, ``cnn_<RUN name>_<recipe>.csv``, in ``--oof-dir``
 for the recipe the run picked (`pipelines.run` reports it as a baseline) and
 in its ``unpicked/`` subfolder for the others. With ``--site-val``, the final
@@ -40,7 +42,8 @@ OOF = Path(__file__).resolve().parent / "oof"
 
 def load(state_path):
     model = FineTuned()
-    model.load_state_dict(torch.load(state_path, map_location="cpu"))
+    weights = torch.load(state_path, map_location="cpu")
+    model.load_state_dict({k: v.float() for k, v in weights.items()})
     return model.eval()
 
 
@@ -77,6 +80,8 @@ def main(argv=None):
     for recipe, result in results["recipes"].items():
         onnx_path = args.run / f"{recipe}.onnx"
         parity = export(load(args.run / f"final_{recipe}.pt"), onnx_path, 224)
+        for fold_weights in sorted(args.run.glob(f"fold[0-9]_{recipe}.pt")):
+            export(load(fold_weights), fold_weights.with_suffix(".onnx"), 224)
         proba = stored[f"proba_{recipe}"]
         table = f"cnn_{args.run.name}_{recipe}.csv"
         folder = args.oof_dir if recipe == results["picked"] else args.oof_dir / "unpicked"

@@ -11,6 +11,8 @@ import pytest
 
 from .conftest import make_synthetic_set, phantom
 from xray_features.cnn import OnnxCNNClassifier, OnnxEmbedder
+from xray_features.io import read_xray
+from xray_features.preprocess import default_preprocessor
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
@@ -89,7 +91,7 @@ def tiny_run(tmp_path_factory):
     data = make_synthetic_set(tmp_path_factory.mktemp("ft_data"), n_per_class=12, split="train")
     out = tmp_path_factory.mktemp("ft_run")
     assert finetune_224.main(["--data", str(data), "--out", str(out), "--recipes", "acq_cs",
-                              "--epochs", "1", "--batch-size", "8"]) == 0
+                              "--epochs", "1", "--batch-size", "8", "--save-folds"]) == 0
     return data, out
 
 
@@ -119,6 +121,16 @@ def test_export_matches_torch_and_writes_tables(tiny_run, tmp_path):
         embedding = model.embed(normalised(images))
         expected = torch.sigmoid(model.fc(embedding).squeeze(1)).numpy()
     onnx_path = str(out / "acq_cs.onnx")
+    for k in range(5):  # the fp16 fold models, widened and exported
+        weights = torch.load(out / f"fold{k}_acq_cs.pt")
+        assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
+        assert (out / f"fold{k}_acq_cs.onnx").is_file()
+    stored = np.load(out / "oof.npz")
+    held_out = stored["fold"] == 0
+    films = [read_xray(data / p) for p in stored["paths"][held_out]]
+    rescored = OnnxCNNClassifier(model_path=str(out / "fold0_acq_cs.onnx"), image_size=224)
+    got = rescored.predict_proba(default_preprocessor().fit_transform(films))[:, 1]
+    np.testing.assert_allclose(got, stored["proba_acq_cs"][held_out], atol=2e-3)  # fp16 weights
     got = OnnxCNNClassifier(model_path=onnx_path, image_size=224).predict_proba(images)[:, 1]
     np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_allclose(OnnxEmbedder(model_path=onnx_path).transform(images),
