@@ -7,13 +7,17 @@ its probability averaged with the default hybrid's.
     python experiments/finetuned224_study.py --site-val   # + one logged look per model
 
 Only the recipe that `finetune_224.py`'s rule picked (blind to site_val) is
-used. Its fold models were not kept, only their out-of-fold embeddings, so
-the embedding head is stacked: it trains on out-of-fold embeddings (each from
-the fold model that never saw that image) and the final head, trained on all
-of them, scores the final model's embeddings. Models, each with the logistic
-head and without augmented copies (the fold models never embedded any):
+used. Models, each with the logistic head:
 
-- ``hog+ft224/logreg``: HOG beside the fine-tuned embedding; its reference is
+- ``hog+ft224/logreg``: HOG beside the fine-tuned embedding. When the run kept
+  its fold models (``finetune_224.py --save-folds``, exported by
+  ``finetune_export.py``), it is cross-fitted as the default is: fold k's head
+  trains on fold k's model's embeddings of its training images and of their
+  counter-squash and zoom copies, and scores that model's embeddings of its
+  test images; the final head uses the final model. Otherwise it is stacked,
+  without copies: the head trains on the out-of-fold embeddings (each from the
+  fold model that never saw that image) and the final head, trained on all of
+  them, scores the final model's embeddings; its reference is then
   ``hog+cnn/logreg`` trained the same way, on the frozen embedding.
 - ``ensemble hybrid+ft224``: the mean of the calibrated logits of the default
   hybrid (``hog+cnn/logreg`` with counter-squash and zoom copies) and of the
@@ -31,18 +35,45 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.assemble import extract_features, make_head
+from pipelines.assemble import DEFAULT_AUGMENT, extract_features, extract_training_copies, make_head
 from pipelines.decision import mean_logit
 from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
 from xray_features.cnn import OnnxEmbedder
 from xray_features.dataset import fold_of
+from xray_features.hashing import file_sha256
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ensemble_study import saved_site_scores  # noqa: E402
+from finetuned_study import cross_fit_per_fold  # noqa: E402
 from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402
                      hybrid_features, site_val_look, study_parser, train_site_folds)
 
 RUN = Path(__file__).resolve().parent / "artifacts" / "ft224"
+
+
+def embedder(model):
+    """The ``embedding`` output of an exported fine-tuned model (default
+    preprocessing, 224 px); its sha256 keys the feature cache."""
+    return {"ft224": OnnxEmbedder(model_path=str(model), expected_sha256=file_sha256(model))}
+
+
+def with_copies(paths, labels, names, cache_dir, **kwargs):
+    """Features of ``paths`` and the list of their default copy sets."""
+    found = extract_features(paths, names, cache_dir, **kwargs)
+    copies = extract_training_copies(DEFAULT_AUGMENT, paths, labels, names, cache_dir, **kwargs)
+    return found, copies
+
+
+def cross_fitted_blocks(models, train, cache_dir):
+    """`cross_fit_per_fold` blocks of HOG beside each model's embedding, with copies."""
+    hog, hog_copies = with_copies(train.paths, train.labels, ["hog"], cache_dir)
+    blocks = []
+    for model in models:
+        tuned, tuned_copies = with_copies(train.paths, train.labels, ["ft224"], cache_dir,
+                                          extractors=embedder(model))
+        copies = [np.hstack([h["hog"], t["ft224"]]) for h, t in zip(hog_copies, tuned_copies)]
+        blocks.append((np.hstack([hog["hog"], tuned["ft224"]]), copies))
+    return blocks
 
 
 def main(argv=None):
@@ -59,7 +90,8 @@ def main(argv=None):
     if list(stored["fold"]) != list(fold_of(folds, len(y))) or list(stored["y"]) != list(y):
         parser.error(f"{args.run} was trained on other folds or images than the pipelines'")
     tuned, tuned_proba = stored["embeddings"].astype(np.float32), stored[f"proba_{picked}"]
-    embedder = {"ft224": OnnxEmbedder(model_path=str(model))}  # default preprocessing, 224 px
+    fold_models = [args.run / f"fold{k}_{picked}.onnx" for k in range(len(folds))]
+    cross_fitted = all(m.exists() for m in fold_models)
 
     X_default, copies = default_training_set(train, args.cache_dir)
     p_default, _, _, score_default = cross_fit(make_head("logreg"), X_default, y, folds, copies)
@@ -67,15 +99,23 @@ def main(argv=None):
     if args.site_val:
         site_hog = extract_features(site.paths, ["hog"], args.cache_dir)["hog"]
         site_tuned = extract_features(site.paths, ["ft224"], args.cache_dir,
-                                      extractors=embedder)["ft224"]
+                                      extractors=embedder(model))["ft224"]
         site_default = score_default(hybrid_features(site.paths, args.cache_dir))
         site_tuned_proba = saved_site_scores(f"baseline/cnn_{args.run.name}_{picked}", site.paths)
 
     results = Results()
-    models = {"hog+cnn/logreg (frozen, no copies)": hybrid_features(train.paths, args.cache_dir),
-              f"hog+ft224_{picked}/logreg": np.hstack([hog, tuned])}
+    if cross_fitted:
+        models = {f"hog+ft224_{picked}/logreg-countersquash-zoom (cross-fitted)":
+                  cross_fitted_blocks(fold_models + [model], train, args.cache_dir)}
+    else:
+        models = {"hog+cnn/logreg (frozen, no copies)": hybrid_features(train.paths,
+                                                                         args.cache_dir),
+                  f"hog+ft224_{picked}/logreg": np.hstack([hog, tuned])}
     for name, X in models.items():
-        p, _, threshold, score = cross_fit(make_head("logreg"), X, y, folds)
+        if cross_fitted:
+            p, threshold, score = cross_fit_per_fold(make_head("logreg"), X, y, folds)
+        else:
+            p, _, threshold, score = cross_fit(make_head("logreg"), X, y, folds)
         result = {"cv": headline(binary_metrics(y, p, threshold)), "threshold": round(threshold, 4),
                   "cv_vs_default": paired_bootstrap_auc(y, p, p_default, train.groups)}
         if args.site_val and "ft224" in name:

@@ -56,15 +56,16 @@ def embeddings(model, paths, cache_dir, labels=None):
 
 def cross_fit_per_fold(head, blocks, y, folds):
     """Like `studies.fold_models`, but each fold (and the final fit) has its own
-    features: ``blocks[k] = (X, X_copy)`` for fold k, ``blocks[-1]`` for the final fit."""
+    features: ``blocks[k] = (X, copies)`` for fold k (``copies``: a list of
+    arrays, one copy per row of ``X``), ``blocks[-1]`` for the final fit."""
     raw = np.zeros(len(y))
-    for (train, test), (X, X_copy) in zip(folds, blocks):
-        model = clone(head).fit(np.vstack([X[train], X_copy[train]]),
-                                np.concatenate([y[train], y[train]]))
+    for (train, test), (X, copies) in zip(folds, blocks):
+        model = clone(head).fit(np.vstack([X[train]] + [C[train] for C in copies]),
+                                np.concatenate([y[train]] * (1 + len(copies))))
         raw[test] = model.predict_proba(X[test])[:, 1]
     calibrator = PlattCalibrator().fit(raw, y)
-    X, X_copy = blocks[-1]
-    final = clone(head).fit(np.vstack([X, X_copy]), np.concatenate([y, y]))
+    X, copies = blocks[-1]
+    final = clone(head).fit(np.vstack([X] + list(copies)), np.concatenate([y] * (1 + len(copies))))
     p = calibrator.transform(raw)
     return p, youden_threshold(y, p), lambda Z: calibrator.transform(final.predict_proba(Z)[:, 1])
 
@@ -100,8 +101,8 @@ def main(argv=None):
     results = Results()
     for with_hog in (False, True):
         name = ("hog+" if with_hog else "") + "ftcnn/logreg-countersquash"
-        blocks = [(np.hstack([hog["hog"], E]), np.hstack([hog_copy["hog"], E_copy]))
-                  if with_hog else (E, E_copy) for E, E_copy in tuned]
+        blocks = [(np.hstack([hog["hog"], E]), [np.hstack([hog_copy["hog"], E_copy])])
+                  if with_hog else (E, [E_copy]) for E, E_copy in tuned]
         p, threshold, score = cross_fit_per_fold(make_head("logreg"), blocks, y, folds)
         cv = binary_metrics(y, p, threshold)
         result = {"cv": headline(cv), "threshold": round(threshold, 4)}

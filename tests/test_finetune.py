@@ -135,3 +135,18 @@ def test_export_matches_torch_and_writes_tables(tiny_run, tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_allclose(OnnxEmbedder(model_path=onnx_path).transform(images),
                                embedding.numpy(), atol=1e-4)
+
+
+def test_hybrid_study_cross_fits_on_the_saved_fold_models(tiny_run, tmp_path):
+    import finetuned224_study
+
+    data, out = tiny_run
+    assert finetune_export.main([str(out), "--data", str(data), "--oof-dir", str(tmp_path)]) == 0
+    report = tmp_path / "study.json"
+    assert finetuned224_study.main(["--run", str(out), "--data", str(data), "--out", str(report),
+                                    "--cache-dir", str(tmp_path / "cache")]) == 0
+    results = json.loads(report.read_text())
+    name = "hog+ft224_acq_cs/logreg-countersquash-zoom (cross-fitted)"
+    assert set(results) == {name, "ensemble hybrid+ft224_acq_cs"}
+    for result in results.values():
+        assert 0 <= result["cv"]["auc"] <= 1 and "site_val" not in result
