@@ -224,8 +224,8 @@ def fit(views, y, recipe, seed, args):
         for i in range(0, len(y), args.batch_size):
             batch = order[i:i + args.batch_size]
             view = torch.randint(recipe["views"], (len(batch),), generator=generator)
-            xb = views[view.to(device), batch.to(device)].float()
-            yb = labels[batch.to(device)]
+            batch = batch.to(device)
+            xb, yb = views[view.to(device), batch].float(), labels[batch]
             stretch = None
             if recipe["counter_squash"]:
                 stretch = counter_squash_stretch(yb.cpu(), generator)

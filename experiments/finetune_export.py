@@ -47,9 +47,6 @@ def load(state_path):
     return model.eval()
 
 
-def site_scores(onnx_path, site):
-    images = default_preprocessor().fit_transform([read_xray(p) for p in site.paths])
-    return OnnxCNNClassifier(model_path=str(onnx_path), image_size=224).predict_proba(images)[:, 1]
 
 
 def write_site_predictions(path, site, data_root, proba):
@@ -76,6 +73,8 @@ def main(argv=None):
     stored = np.load(args.run / "oof.npz")
     y, fold = stored["y"], stored["fold"]
     site = index_dataset(args.data).subset("site_val") if args.site_val else None
+    if site is not None:  # the images the fine-tuned models were trained on: default preprocessing
+        site_images = default_preprocessor().fit_transform([read_xray(p) for p in site.paths])
     report = {}
     for recipe, result in results["recipes"].items():
         onnx_path = args.run / f"{recipe}.onnx"
@@ -91,7 +90,8 @@ def main(argv=None):
         entry = {"onnx_torch_max_diff": parity, "cv": scores(y, proba, threshold),
                  "worst_stressed_auc": result["worst_auc"], "picked": recipe == results["picked"]}
         if site is not None:
-            p_site = site_scores(onnx_path, site)
+            classifier = OnnxCNNClassifier(model_path=str(onnx_path), image_size=224)
+            p_site = classifier.predict_proba(site_images)[:, 1]
             write_site_predictions(args.oof_dir / "site_val" / table, site, args.data, p_site)
             entry["site_val"] = scores(site.labels, p_site, threshold)
             log_row(f"cnn_{args.run.name}_{recipe} (finetune_224, pure CNN)", entry["cv"],

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.assemble import DEFAULT_AUGMENT, extract_features, extract_training_copies, make_head
+from pipelines.baselines import OOF_DIR, saved_eval_scores
 from pipelines.decision import mean_logit
 from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
 from xray_features.cnn import OnnxEmbedder
@@ -43,7 +44,6 @@ from xray_features.dataset import fold_of
 from xray_features.hashing import file_sha256
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ensemble_study import saved_site_scores  # noqa: E402
 from finetuned_study import cross_fit_per_fold  # noqa: E402
 from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402
                      hybrid_features, site_val_look, study_parser, train_site_folds)
@@ -89,33 +89,37 @@ def main(argv=None):
     y = train.labels
     if list(stored["fold"]) != list(fold_of(folds, len(y))) or list(stored["y"]) != list(y):
         parser.error(f"{args.run} was trained on other folds or images than the pipelines'")
-    tuned, tuned_proba = stored["embeddings"].astype(np.float32), stored[f"proba_{picked}"]
     fold_models = [args.run / f"fold{k}_{picked}.onnx" for k in range(len(folds))]
-    cross_fitted = all(m.exists() for m in fold_models)
 
     X_default, copies = default_training_set(train, args.cache_dir)
     p_default, _, _, score_default = cross_fit(make_head("logreg"), X_default, y, folds, copies)
-    hog = extract_features(train.paths, ["hog"], args.cache_dir)["hog"]
     if args.site_val:
         site_hog = extract_features(site.paths, ["hog"], args.cache_dir)["hog"]
         site_tuned = extract_features(site.paths, ["ft224"], args.cache_dir,
                                       extractors=embedder(model))["ft224"]
         site_default = score_default(hybrid_features(site.paths, args.cache_dir))
-        site_tuned_proba = saved_site_scores(f"baseline/cnn_{args.run.name}_{picked}", site.paths)
+        table = OOF_DIR / "site_val" / f"cnn_{args.run.name}_{picked}.csv"
+        site_tuned_proba = saved_eval_scores(table, site.paths)
+        if site_tuned_proba is None:
+            parser.error(f"{table} does not score every site_val image: run "
+                         f"experiments/finetune_export.py {args.run} --site-val")
 
     results = Results()
-    if cross_fitted:
-        models = {f"hog+ft224_{picked}/logreg-countersquash-zoom (cross-fitted)":
-                  cross_fitted_blocks(fold_models + [model], train, args.cache_dir)}
-    else:
-        models = {"hog+cnn/logreg (frozen, no copies)": hybrid_features(train.paths,
+    if all(m.exists() for m in fold_models):
+        blocks = cross_fitted_blocks(fold_models + [model], train, args.cache_dir)
+        fits = {f"hog+ft224_{picked}/logreg-countersquash-zoom (cross-fitted)":
+                cross_fit_per_fold(make_head("logreg"), blocks, y, folds)}
+    else:  # stacked on the out-of-fold embeddings, no copies
+        hog = extract_features(train.paths, ["hog"], args.cache_dir)["hog"]
+        stacked = {"hog+cnn/logreg (frozen, no copies)": hybrid_features(train.paths,
                                                                          args.cache_dir),
-                  f"hog+ft224_{picked}/logreg": np.hstack([hog, tuned])}
-    for name, X in models.items():
-        if cross_fitted:
-            p, threshold, score = cross_fit_per_fold(make_head("logreg"), X, y, folds)
-        else:
+                   f"hog+ft224_{picked}/logreg": np.hstack(
+                       [hog, stored["embeddings"].astype(np.float32)])}
+        fits = {}
+        for name, X in stacked.items():
             p, _, threshold, score = cross_fit(make_head("logreg"), X, y, folds)
+            fits[name] = (p, threshold, score)
+    for name, (p, threshold, score) in fits.items():
         result = {"cv": headline(binary_metrics(y, p, threshold)), "threshold": round(threshold, 4),
                   "cv_vs_default": paired_bootstrap_auc(y, p, p_default, train.groups)}
         if args.site_val and "ft224" in name:
@@ -124,7 +128,7 @@ def main(argv=None):
                           score(np.hstack([site_hog, site_tuned])), threshold)
         results.add(name, result)
 
-    p = mean_logit([p_default, tuned_proba])
+    p = mean_logit([p_default, stored[f"proba_{picked}"]])
     threshold = youden_threshold(y, p)
     cv = binary_metrics(y, p, threshold)
     result = {"cv": headline(cv), "threshold": round(threshold, 4),

@@ -32,8 +32,7 @@ from xray_features.preprocess import default_preprocessor
 from xray_features.views import ViewFeatures, view_preprocessor, zoom_views
 
 from .assemble import (AUGMENTATIONS, DEFAULT_AUGMENT, HEADS, extract_features,
-                       extract_training_copies,
-                       make_feature_union, make_head, parse_feature_sets)
+                       extract_training_copies, make_feature_union, make_head, parse_feature_sets)
 from .baselines import finetuned_baselines
 from .decision import DecisionClassifier
 from .metrics import auc, binary_metrics
