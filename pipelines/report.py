@@ -26,12 +26,18 @@ __all__ = ["write_report", "write_predictions", "plot_roc", "plot_confusions", "
 _SHOWN = ("auc", "accuracy", "sensitivity", "specificity", "f1", "brier")
 
 
+def curve_colours(n):
+    """``n`` distinct colours: tab10's, or tab20's when more curves share a plot."""
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
 def plot_roc(path, y, probas, title, reference=None):
     fig, ax = plt.subplots(figsize=(6, 5.5))
-    for name, p in probas.items():
+    for (name, p), colour in zip(probas.items(), curve_colours(len(probas))):
         fpr, tpr, _ = roc_curve(y, p)
         style = "--" if name == reference or name.startswith("baseline/") else "-"
-        ax.plot(fpr, tpr, style, lw=1.5, label=f"{name}")
+        ax.plot(fpr, tpr, style, color=colour, lw=1.5, label=f"{name}")
     ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title)
     ax.legend(fontsize=7, loc="lower right")
@@ -61,9 +67,9 @@ def plot_confusions(path, confusions, title):
 
 def plot_calibration(path, y, probas, title):
     fig, ax = plt.subplots(figsize=(6, 5.5))
-    for name, p in probas.items():
+    for (name, p), colour in zip(probas.items(), curve_colours(len(probas))):
         frac, mean = calibration_curve(y, p, n_bins=10, strategy="quantile")
-        ax.plot(mean, frac, "o-", ms=3, lw=1.2, label=name)
+        ax.plot(mean, frac, "o-", color=colour, ms=3, lw=1.2, label=name)
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set(xlabel="mean predicted probability", ylabel="fraction with pneumonia", title=title)
     ax.legend(fontsize=7, loc="upper left")

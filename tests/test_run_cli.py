@@ -248,3 +248,10 @@ def test_unpackaged_baseline_takes_saved_eval_scores_matched_by_content(syntheti
     np.testing.assert_allclose(eval_scores(), [saved[file_sha256(p)] for p in test.paths])
     write_saved(list(saved.items())[1:])  # one evaluation image not scored: no eval scores
     assert eval_scores() is None
+
+
+@pytest.mark.parametrize("n", [3, 10, 19, 20])
+def test_report_curves_get_distinct_colours(n):
+    from pipelines.report import curve_colours
+    colours = curve_colours(n)
+    assert len(colours) == n and len(set(colours)) == n
