@@ -58,9 +58,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stress import STRESS, random_acquisition  # noqa: E402
-from train_cnn import REPO, augment, normalise, scores, youden_threshold  # noqa: E402
+from train_cnn import REPO, augment, normalise, scores  # noqa: E402
 
-from pipelines.metrics import auc  # noqa: E402
+from pipelines.metrics import auc, youden_threshold  # noqa: E402
 from xray_features.augment import NORMAL_TO_PNEUMONIA_ASPECT, counter_squash  # noqa: E402
 from xray_features.dataset import fold_of, index_dataset, make_folds  # noqa: E402
 from xray_features.io import read_xray  # noqa: E402

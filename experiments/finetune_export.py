@@ -30,8 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune_224 import FineTuned  # noqa: E402
 from studies import log_row  # noqa: E402
-from train_cnn import export, scores, write_predictions, youden_threshold  # noqa: E402
+from train_cnn import export, scores, write_predictions  # noqa: E402
 
+from pipelines.metrics import youden_threshold  # noqa: E402
 from xray_features import index_dataset, read_xray  # noqa: E402
 from xray_features.cnn import OnnxCNNClassifier  # noqa: E402
 from xray_features.hashing import file_sha256  # noqa: E402

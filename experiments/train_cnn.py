@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from pipelines.metrics import binary_metrics  # noqa: E402
+from pipelines.metrics import binary_metrics, youden_threshold  # noqa: E402
 from xray_features.cnn import OnnxCNNClassifier, prepare_batch  # noqa: E402
 from xray_features.dataset import index_dataset, make_folds  # noqa: E402
 from xray_features.io import read_xray  # noqa: E402
@@ -276,11 +276,6 @@ def write_predictions(path, rel_paths, y, fold, proba):
 def scores(y, p, threshold):
     metrics = binary_metrics(y, p, threshold)
     return {k: metrics[k] for k in ("auc", "accuracy", "sensitivity", "specificity", "threshold")}
-
-
-def youden_threshold(y, p):
-    fpr, tpr, thresholds = roc_curve(y, p)
-    return float(thresholds[np.argmax(tpr - fpr)])
 
 
 # --- main -----------------------------------------------------------------

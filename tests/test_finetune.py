@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from .conftest import make_synthetic_set, phantom
+from pipelines.decision import mean_logit
+from pipelines.metrics import youden_threshold
 from xray_features.cnn import OnnxCNNClassifier, OnnxEmbedder
 from xray_features.io import read_xray
 from xray_features.preprocess import default_preprocessor
@@ -107,6 +109,8 @@ def test_finetune_run_outputs(tiny_run):
     assert sorted(np.unique(stored["fold"])) == [0, 1, 2, 3, 4]
     assert stored["embeddings"].shape == (24, 1280) and np.isfinite(stored["proba_acq_cs"]).all()
     assert all((data / p).is_file() for p in stored["paths"])
+    # the pipelines' Youden rule, so pipelines.run finds the same threshold
+    assert recipe["cv"]["threshold"] == youden_threshold(stored["y"], stored["proba_acq_cs"])
 
 
 def test_export_matches_torch_and_writes_tables(tiny_run, tmp_path):
@@ -150,3 +154,18 @@ def test_hybrid_study_cross_fits_on_the_saved_fold_models(tiny_run, tmp_path):
     assert set(results) == {name, "ensemble hybrid+ft224_acq_cs"}
     for result in results.values():
         assert 0 <= result["cv"]["auc"] <= 1 and "site_val" not in result
+
+
+def test_seed_study_ensembles_the_runs_out_of_fold(tiny_run, tmp_path):
+    import seed_study
+
+    data, out = tiny_run
+    report = tmp_path / "seeds.json"
+    assert seed_study.main([str(out), str(out), "--data", str(data), "--out", str(report)]) == 0
+    results = json.loads(report.read_text())
+    p = np.load(out / "oof.npz")["proba_acq_cs"]
+    ensemble = results["ensemble of 2 seeds"]
+    np.testing.assert_allclose(mean_logit([p, p]), p, atol=1e-6)  # one run twice: itself
+    assert ensemble["threshold"] == round(youden_threshold(np.load(out / "oof.npz")["y"], p), 4)
+    assert ensemble["cv_vs_first_seed"]["diff"] == pytest.approx(0, abs=1e-9)
+    assert results["seed spread"]["cv_auc_sd"] == 0
