@@ -3,10 +3,11 @@
 `experiments/train_cnn.py` cross-fits each CNN on `make_folds` and writes
 ``experiments/oof/<name>.csv`` (columns ``path,label,fold,proba``; paths
 relative to the data root). The final model, trained on all of train/, is
-``xray_features/models/<name>.onnx``; it was trained on images preprocessed
-by ``default_preprocessor(crop=True, resize_mode="pad")``. A baseline is used only when its folds
-are exactly the folds of this run, so every model is compared on the same
-splits.
+``xray_features/models/<name>.onnx``, with ``<name>.preprocess.json`` beside
+it: the `default_preprocessor` options its training images went through
+(``lung_crop``, ``resize_mode``) and, for a model whose input size is
+dynamic, ``image_size``. A baseline is used only when its folds are exactly
+the folds of this run, so every model is compared on the same splits.
 
 A baseline whose final model is not packaged (the 224-px fine-tuned CNNs of
 `experiments/finetune_224.py`, trained on a GPU) can still be scored on an
@@ -18,6 +19,7 @@ evaluation images by file content; used only when it covers all of them.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -38,6 +40,25 @@ def read_oof(path):
     with open(path, newline="") as handle:
         return {row["path"]: (int(row["label"]), int(row["fold"]), float(row["proba"]))
                 for row in csv.DictReader(handle)}
+
+
+def packaged_cnn_scores(model_path, paths):
+    """P(pneumonia) of ``paths`` by a packaged CNN, preprocessed as its
+    ``.preprocess.json`` says its training images were."""
+    from xray_features.cnn import OnnxCNNClassifier
+    from xray_features.preprocess import default_preprocessor
+
+    from .assemble import extract_preprocessed
+
+    sidecar = Path(model_path).with_suffix(".preprocess.json")
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"{sidecar} missing: a packaged CNN baseline must state how its "
+                                "training images were preprocessed")
+    spec = json.loads(sidecar.read_text())
+    images = extract_preprocessed(paths, default_preprocessor(crop=spec["lung_crop"],
+                                                              resize_mode=spec["resize_mode"]))
+    classifier = OnnxCNNClassifier(model_path=str(model_path), image_size=spec.get("image_size"))
+    return classifier.predict_proba(images)[:, 1]
 
 
 def saved_eval_scores(table_path, paths):
@@ -77,16 +98,7 @@ def finetuned_baselines(train, folds, eval_index=None, oof_dir=OOF_DIR, models_d
         scores = None
         model_path = Path(models_dir) / f"{csv_path.stem}.onnx"
         if eval_index is not None and model_path.is_file():
-            from xray_features.cnn import OnnxCNNClassifier
-
-            from xray_features.preprocess import default_preprocessor
-
-            from .assemble import extract_preprocessed
-
-            # the CNNs were trained on CLAHE -> LungCrop -> Resize(224)
-            images = extract_preprocessed(eval_index.paths,
-                                          default_preprocessor(crop=True, resize_mode="pad"))
-            scores = OnnxCNNClassifier(model_path=str(model_path)).predict_proba(images)[:, 1]
+            scores = packaged_cnn_scores(model_path, eval_index.paths)
         elif eval_index is not None:
             scores = saved_eval_scores(Path(oof_dir) / "site_val" / csv_path.name, eval_index.paths)
         yield {"name": f"baseline/{csv_path.stem}", "oof": oof, "threshold": threshold,

@@ -225,3 +225,13 @@ def test_onnx_matches_torch():
     with torch.no_grad():
         expected = net.extract_features(torch.from_numpy(x)).mean(dim=(2, 3)).numpy()
     assert np.abs(OnnxEmbedder(image_size=160).transform(small) - expected).max() < 1e-4
+
+
+def test_every_packaged_model_is_pinned_and_carded():
+    card = (MODELS_DIR / "MODEL_CARD.md").read_text()
+    models = sorted(MODELS_DIR.glob("*.onnx"))
+    assert {m.name for m in models} == set(PACKAGED_SHA256)
+    for model in models:
+        assert file_sha256(model) == PACKAGED_SHA256[model.name]
+        assert PACKAGED_SHA256[model.name] in card and f"`{model.name}`" in card
+        assert model.stat().st_size < 25 * 2**20

@@ -255,3 +255,36 @@ def test_report_curves_get_distinct_colours(n):
     from pipelines.report import curve_colours
     colours = curve_colours(n)
     assert len(colours) == n and len(set(colours)) == n
+
+
+def test_packaged_baselines_state_their_preprocessing():
+    from xray_features.cnn import MODELS_DIR
+
+    for model in sorted(MODELS_DIR.glob("cnn_*.onnx")):
+        spec = json.loads(model.with_suffix(".preprocess.json").read_text())
+        assert isinstance(spec["lung_crop"], bool) and spec["resize_mode"] in {"pad", "squash"}
+
+
+def test_packaged_baseline_without_preprocessing_sidecar_is_refused(tmp_path):
+    import shutil
+
+    from pipelines.baselines import packaged_cnn_scores
+    from xray_features.cnn import MODELS_DIR
+
+    model = tmp_path / "cnn_small64_noaug.onnx"
+    shutil.copy(MODELS_DIR / model.name, model)
+    with pytest.raises(FileNotFoundError, match="cnn_small64_noaug.preprocess.json missing"):
+        packaged_cnn_scores(model, [])
+
+
+def test_packaged_finetuned_cnn_reproduces_its_saved_site_val_scores(data_root):
+    """The 224-px fine-tuned CNN shipped as a baseline scores site_val as its
+    GPU study did (experiments/oof/site_val, written by finetune_export.py)."""
+    from pipelines.baselines import OOF_DIR, packaged_cnn_scores, saved_eval_scores
+    from xray_features.cnn import MODELS_DIR
+
+    site = index_dataset(data_root).subset("site_val")
+    paths = site.paths[::4]
+    saved = saved_eval_scores(OOF_DIR / "site_val" / "cnn_ft224_cs_acq_cs.csv", paths)
+    got = packaged_cnn_scores(MODELS_DIR / "cnn_ft224_cs_acq_cs.onnx", paths)
+    np.testing.assert_allclose(got, saved, atol=2e-6)  # the table keeps 6 decimals

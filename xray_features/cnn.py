@@ -41,6 +41,8 @@ PACKAGED_SHA256 = {
         "35961edc1d5e9b62bf6f99f9902cde14508fbc1328d0cf9235f11f1f8c1a4aa7",
     "cnn_lite0_128_aug_e3.onnx":
         "606c367d3fdc095595582553aca9c6496006b437d4b234c051abbe8ce83f35fd",
+    "cnn_ft224_cs_acq_cs.onnx":
+        "0756faa9afd8c27e7d84ae9a35695c139664dad67a5e07f303f787b2df99283b",
 }
 
 
