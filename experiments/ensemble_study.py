@@ -21,10 +21,10 @@ import numpy as np
 
 from pipelines.baselines import OOF_DIR, read_oof
 from pipelines.decision import mean_logit
-from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import Results, headline, site_val_look, study_parser  # noqa: E402
+from studies import (Results, headline, mean_logit_ensemble, site_val_look,  # noqa: E402
+                     study_parser)
 
 ENSEMBLES = {
     "heads": ["hog+cnn/logreg", "hog+cnn/xgb"],
@@ -67,10 +67,8 @@ def main(argv=None):
     results = Results()
     for name in args.ensembles.split(","):
         members = ENSEMBLES[name]
-        p = mean_logit([oof[m] for m in members])
-        threshold = youden_threshold(y, p)
-        cv = binary_metrics(y, p, threshold)
-        test = paired_bootstrap_auc(y, p, oof[REFERENCE], groups, n_boot=1000, seed=0)
+        cv, threshold, test = mean_logit_ensemble(y, [oof[m] for m in members], oof[REFERENCE],
+                                                  groups)
         result = {"members": members, "cv": headline(cv), "threshold": round(threshold, 4),
                   f"cv_auc_minus_{REFERENCE}": {"diff": round(test["diff"], 4),
                                                 "ci": [round(c, 4) for c in test["ci"]]}}

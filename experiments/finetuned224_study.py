@@ -38,7 +38,7 @@ import numpy as np
 from pipelines.assemble import DEFAULT_AUGMENT, extract_features, extract_training_copies, make_head
 from pipelines.baselines import OOF_DIR, saved_eval_scores
 from pipelines.decision import mean_logit
-from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
+from pipelines.metrics import binary_metrics, paired_bootstrap_auc
 from xray_features.cnn import OnnxEmbedder
 from xray_features.dataset import fold_of
 from xray_features.hashing import file_sha256
@@ -46,7 +46,8 @@ from xray_features.hashing import file_sha256
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetuned_study import cross_fit_per_fold  # noqa: E402
 from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402
-                     hybrid_features, site_val_look, study_parser, train_site_folds)
+                     hybrid_features, mean_logit_ensemble, site_val_look, study_parser,
+                     train_site_folds)
 
 RUN = Path(__file__).resolve().parent / "artifacts" / "ft224"
 
@@ -128,11 +129,9 @@ def main(argv=None):
                           score(np.hstack([site_hog, site_tuned])), threshold)
         results.add(name, result)
 
-    p = mean_logit([p_default, stored[f"proba_{picked}"]])
-    threshold = youden_threshold(y, p)
-    cv = binary_metrics(y, p, threshold)
-    result = {"cv": headline(cv), "threshold": round(threshold, 4),
-              "cv_vs_default": paired_bootstrap_auc(y, p, p_default, train.groups)}
+    cv, threshold, test = mean_logit_ensemble(y, [p_default, stored[f"proba_{picked}"]],
+                                              p_default, train.groups)
+    result = {"cv": headline(cv), "threshold": round(threshold, 4), "cv_vs_default": test}
     if args.site_val:
         site_val_look(result, f"ensemble hybrid+ft224_{picked} (finetuned224_study)", cv,
                       site.labels, mean_logit([site_default, site_tuned_proba]), threshold)

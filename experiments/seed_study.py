@@ -25,11 +25,12 @@ import numpy as np
 
 from pipelines.baselines import OOF_DIR, saved_eval_scores
 from pipelines.decision import mean_logit
-from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
+from pipelines.metrics import binary_metrics, youden_threshold
 from xray_features.dataset import fold_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import Results, headline, site_val_look, study_parser, train_site_folds  # noqa: E402
+from studies import (Results, headline, mean_logit_ensemble, site_val_look,  # noqa: E402
+                     study_parser, train_site_folds)
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 RUNS = [ARTIFACTS / name for name in ("ft224_cs", "ft224_cs_s1", "ft224_cs_s2")]
@@ -81,11 +82,8 @@ def main(argv=None):
     results.add("seed spread", {"cv_auc_mean": round(float(np.mean(aucs)), 4),
                                 "cv_auc_sd": round(float(np.std(aucs, ddof=1)), 4),
                                 "thresholds": thresholds})
-    p = mean_logit(oof)
-    threshold = youden_threshold(y, p)
-    cv = binary_metrics(y, p, threshold)
-    result = {"cv": headline(cv), "threshold": round(threshold, 4),
-              "cv_vs_first_seed": paired_bootstrap_auc(y, p, oof[0], train.groups)}
+    cv, threshold, test = mean_logit_ensemble(y, oof, oof[0], train.groups)
+    result = {"cv": headline(cv), "threshold": round(threshold, 4), "cv_vs_first_seed": test}
     name = f"ensemble of {len(oof)} seeds"
     if args.site_val:
         site_val_look(result, f"cnn {name}, mean logit (seed_study)", cv, site.labels,

@@ -14,8 +14,8 @@ import numpy as np
 from sklearn.base import clone
 
 from pipelines.assemble import DEFAULT_AUGMENT, extract_features, extract_training_copies
-from pipelines.decision import PlattCalibrator
-from pipelines.metrics import binary_metrics, youden_threshold
+from pipelines.decision import PlattCalibrator, mean_logit
+from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
 from pipelines.run import default_cache_dir
 from xray_features import index_dataset, make_folds
 
@@ -102,6 +102,16 @@ def cross_fit(head, X, y, folds, copies=(), stress=None):
 def headline(metrics):
     """AUC, accuracy, sensitivity and specificity, rounded for the JSON report."""
     return {k: round(metrics[k], 4) for k in ("auc", "accuracy", "sensitivity", "specificity")}
+
+
+def mean_logit_ensemble(y, members, reference, groups):
+    """The mean logit of ``members`` (out-of-fold probabilities): its CV metrics at
+    its own Youden threshold, the threshold, and the paired patient-bootstrap
+    AUC difference against ``reference``."""
+    p = mean_logit(members)
+    threshold = youden_threshold(y, p)
+    return (binary_metrics(y, p, threshold), threshold,
+            paired_bootstrap_auc(y, p, reference, groups))
 
 
 class Results(dict):
