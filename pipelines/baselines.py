@@ -9,8 +9,8 @@ it: the `default_preprocessor` options its training images went through
 dynamic, ``image_size``. A baseline is used only when its folds are exactly
 the folds of this run, so every model is compared on the same splits.
 
-A baseline whose final model is not packaged (the 224-px fine-tuned CNNs of
-`experiments/finetune_224.py`, trained on a GPU) can still be scored on an
+A baseline whose final model is not packaged (``cnn_ft224_acq``, fine-tuned at
+224 px on a GPU by `experiments/finetune_224.py`) can still be scored on an
 evaluation set its study scored: ``experiments/oof/site_val/<name>.csv`` with
 a ``sha256`` column holds its final model's probabilities, matched to the
 evaluation images by file content; used only when it covers all of them.
