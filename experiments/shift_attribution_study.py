@@ -2,6 +2,7 @@
 
     python experiments/shift_attribution_study.py            # train/ only
     python experiments/shift_attribution_study.py --site-val # + site_val (a look; logged as prose)
+    python experiments/shift_attribution_study.py --run experiments/artifacts/ft224_cs_folds --site-val
 
 The default model's head is linear (standardise, then logistic regression), so
 its logit is a sum of one term per feature, ``coef_j (x_j - mean_j) / scale_j``,
@@ -13,22 +14,30 @@ train on it, refitted as `pipelines.run` fits them, with the counter-squash and
 zoom copies) and, with ``--site-val``, on site_val (the packaged head). The
 shift of site_val's NORMAL films from train's, per block and per HOG position,
 says which features carry the over-calling. Only the fold heads are fitted.
+
+With ``--run`` (a `finetune_224.py --save-folds` run, exported), the model split
+is the cross-fitted hybrid of `finetuned224_study.py`: HOG beside each fold
+model's own fine-tuned embedding, and on site_val the head refitted on all of
+train/ with the final model's embedding; "cnn" is then the fine-tuned block.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from pipelines.assemble import make_head
+from pipelines.assemble import extract_features, make_head
+from pipelines.metrics import auc
 from pipelines.persist import load_model
 from pipelines.score import DEFAULT_MODEL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import (Results, default_training_set, fold_models,  # noqa: E402
-                     hybrid_features, study_parser, train_site_folds)
+from finetuned224_study import cross_fitted_blocks, embedder  # noqa: E402
+from studies import (Results, default_training_set, hybrid_features,  # noqa: E402
+                     study_parser, train_site_folds)
 
 HOG_GRID = 7  # blocks per side: 128 px / 16-px cells = 8 cells, 2-cell blocks
 HOG_PER_BLOCK = 2 * 2 * 9  # cells per block x orientations
@@ -40,14 +49,37 @@ def logit_terms(head, X):
     return (X - scale.mean_) / scale.scale_ * logreg.coef_[0]
 
 
-def out_of_fold_terms(train, folds, cache_dir):
-    """Train/'s logit terms, each film's from the fold head that did not see it."""
-    X, copies = (np.asarray(m, dtype=np.float64) for m in default_training_set(train, cache_dir))
-    heads = fold_models(make_head("logreg"), X, train.labels, folds, copies)[0]
-    terms = np.zeros(X.shape)
-    for head, (_, test) in zip(heads, folds):
-        terms[test] = logit_terms(head, X[test])
+def fit_head(X, copies, y, rows):
+    """The logistic head fitted on ``rows`` of ``X`` and of each copy set."""
+    return make_head("logreg").fit(np.vstack([X[rows]] + [C[rows] for C in copies]),
+                                   np.concatenate([y[rows]] * (1 + len(copies))))
+
+
+def out_of_fold_terms(blocks, y, folds):
+    """Train/'s logit terms, each film's from the fold head that did not see it;
+    ``blocks[k] = (X, copies)`` are fold k's features."""
+    terms = np.zeros(blocks[0][0].shape)
+    for (X, copies), (train, test) in zip(blocks, folds):
+        terms[test] = logit_terms(fit_head(X, copies, y, train), X[test])
     return terms
+
+
+def default_blocks(train, folds, cache_dir):
+    """The default hybrid's features, the same for every fold and the final fit."""
+    X, copies = default_training_set(train, cache_dir)
+    block = (np.asarray(X, dtype=np.float64), [np.asarray(C, dtype=np.float64) for C in copies])
+    return [block] * (len(folds) + 1)
+
+
+def finetuned_blocks(run, train, folds, cache_dir):
+    """The cross-fitted hybrid's features: HOG beside fold k's fine-tuned embedding
+    for fold k, beside the final model's for the final fit; and the final model."""
+    picked = json.loads((run / "results.json").read_text())["picked"]
+    models = [run / f"fold{k}_{picked}.onnx" for k in range(len(folds))] + [run / f"{picked}.onnx"]
+    missing = [str(m) for m in models if not m.exists()]
+    if missing:
+        raise SystemExit(f"missing (run experiments/finetune_export.py {run}): {', '.join(missing)}")
+    return cross_fitted_blocks(models, train, cache_dir), models[-1]
 
 
 def summarise(terms, n_hog):
@@ -62,18 +94,34 @@ def summarise(terms, n_hog):
 def main(argv=None):
     parser = study_parser(__doc__, out="runs/shift_attribution_study.json")
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument("--run", type=Path, help="split the cross-fitted hybrid of this "
+                        "finetune_224.py run instead of --model")
     args = parser.parse_args(argv)
-    model, _ = load_model(args.model)
     train, site, folds = train_site_folds(args.data)
-    head = model.steps[-1][1].estimator_
+    y = train.labels
     n_hog = HOG_GRID * HOG_GRID * HOG_PER_BLOCK
-    sets = {"train (out of fold)": (train, out_of_fold_terms(train, folds, args.cache_dir))}
-    if args.site_val:
+    if args.run is None:
+        blocks = default_blocks(train, folds, args.cache_dir)
+        head = load_model(args.model)[0].steps[-1][1].estimator_
+    else:
+        blocks, final_model = finetuned_blocks(args.run, train, folds, args.cache_dir)
+        head = fit_head(*blocks[-1], y, np.arange(len(y)))
+    sets = {"train (out of fold)": (train, out_of_fold_terms(blocks, y, folds))}
+    if args.site_val and args.run is None:
         sets["site_val"] = (site, logit_terms(head, hybrid_features(site.paths, args.cache_dir)))
+    elif args.site_val:
+        site_hog = extract_features(site.paths, ["hog"], args.cache_dir)["hog"]
+        site_tuned = extract_features(site.paths, ["ft224"], args.cache_dir,
+                                      extractors=embedder(final_model))["ft224"]
+        sets["site_val"] = (site, logit_terms(head, np.hstack([site_hog, site_tuned])))
     results = Results()
-    results.add("packaged head's intercept", float(head.named_steps["logreg"].intercept_[0]))
+    results.add("head's intercept", float(head.named_steps["logreg"].intercept_[0]))
     summaries = {}
     for name, (index, terms) in sets.items():
+        blocks_sum = {"hog": terms[:, :n_hog].sum(axis=1), "cnn": terms[:, n_hog:].sum(axis=1)}
+        blocks_sum["both"] = blocks_sum["hog"] + blocks_sum["cnn"]
+        results.add(f"{name} AUC of each block's terms",
+                    {block: round(auc(index.labels, v), 4) for block, v in blocks_sum.items()})
         for label, label_name in ((0, "NORMAL"), (1, "PNEUMONIA")):
             key = f"{name} {label_name}"
             summaries[key] = summarise(terms[index.labels == label], n_hog)
