@@ -169,3 +169,28 @@ def test_seed_study_ensembles_the_runs_out_of_fold(tiny_run, tmp_path):
     assert ensemble["threshold"] == round(youden_threshold(np.load(out / "oof.npz")["y"], p), 4)
     assert ensemble["cv_vs_first_seed"]["diff"] == pytest.approx(0, abs=1e-9)
     assert results["seed spread"]["cv_auc_sd"] == 0
+
+
+def test_shift_attribution_splits_the_cross_fitted_head_exactly(tiny_run, tmp_path):
+    import shift_attribution_study as study
+
+    data, out = tiny_run
+    assert finetune_export.main([str(out), "--data", str(data), "--oof-dir", str(tmp_path)]) == 0
+    from xray_features import index_dataset, make_folds
+
+    train = index_dataset(data).subset("train")
+    folds = make_folds(train.labels, train.groups, n_splits=5, seed=0)
+    blocks, final_model = study.finetuned_blocks(out, train, folds, str(tmp_path / "cache"))
+    assert len(blocks) == 6 and final_model.name == "acq_cs.onnx"
+    X, copies = blocks[-1]
+    assert X.shape[1] == study.HOG_GRID ** 2 * study.HOG_PER_BLOCK + 1280 and len(copies) == 2
+    head = study.fit_head(X, copies, train.labels, np.arange(len(X)))
+    terms = study.logit_terms(head, X)  # the logit is the terms' sum plus the intercept
+    np.testing.assert_allclose(terms.sum(axis=1) + head[-1].intercept_[0],
+                               head.decision_function(X), rtol=1e-6, atol=1e-6)
+    report = tmp_path / "shift.json"
+    assert study.main(["--run", str(out), "--data", str(data), "--out", str(report),
+                       "--cache-dir", str(tmp_path / "cache")]) == 0
+    results = json.loads(report.read_text())
+    by_block = results["train (out of fold) AUC of each block's terms"]
+    assert set(by_block) == {"hog", "cnn", "both"} and all(0 <= v <= 1 for v in by_block.values())
