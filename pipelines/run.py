@@ -353,12 +353,13 @@ def _final_pipeline(feature_set, fitted_classifier, preprocessor, n_jobs, views=
 
 
 def _console_table(models):
-    lines = [f"{'model':<28} {'CV AUC':>7} {'CV acc':>7} {'eval AUC':>9} {'eval acc':>9} "
+    width = max([len("model")] + [len(name) for name in models])
+    lines = [f"{'model':<{width}} {'CV AUC':>7} {'CV acc':>7} {'eval AUC':>9} {'eval acc':>9} "
              f"{'eval sens':>9} {'eval spec':>9}"]
     for name, m in models.items():
         e = m.get("eval", {})
         cells = [e.get(k) for k in ("auc", "accuracy", "sensitivity", "specificity")]
-        lines.append(f"{name:<28} {m['cv']['auc']:7.3f} {m['cv']['accuracy']:7.3f} "
+        lines.append(f"{name:<{width}} {m['cv']['auc']:7.3f} {m['cv']['accuracy']:7.3f} "
                      + " ".join(f"{c:9.3f}" if c is not None else f"{'–':>9}" for c in cells))
     return "\n".join(lines)
 

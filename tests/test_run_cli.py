@@ -288,3 +288,15 @@ def test_packaged_finetuned_cnn_reproduces_its_saved_site_val_scores(data_root):
     saved = saved_eval_scores(OOF_DIR / "site_val" / "cnn_ft224_cs_acq_cs.csv", paths)
     got = packaged_cnn_scores(MODELS_DIR / "cnn_ft224_cs_acq_cs.onnx", paths)
     np.testing.assert_allclose(got, saved, atol=2e-6)  # the table keeps 6 decimals
+
+
+def test_console_table_columns_line_up_for_long_names():
+    from pipelines.run import _console_table
+
+    cv = {"auc": 0.99, "accuracy": 0.95}
+    models = {"hog/logreg": {"cv": cv},
+              "baseline/a_much_longer_baseline_name_than_usual": {"cv": cv, "eval": {
+                  "auc": 0.9, "accuracy": 0.8, "sensitivity": 0.7, "specificity": 0.6}}}
+    lines = _console_table(models).splitlines()
+    assert len({len(line) for line in lines}) == 1  # every row as wide as the header
+    assert lines[2].split()[1:] == ["0.990", "0.950", "0.900", "0.800", "0.700", "0.600"]
