@@ -194,3 +194,30 @@ def test_shift_attribution_splits_the_cross_fitted_head_exactly(tiny_run, tmp_pa
     results = json.loads(report.read_text())
     by_block = results["train (out of fold) AUC of each block's terms"]
     assert set(by_block) == {"hog", "cnn", "both"} and all(0 <= v <= 1 for v in by_block.values())
+
+
+def test_logit_stack_uses_each_models_own_final_layer(tiny_run, tmp_path):
+    import logit_stack_study as study
+
+    data, out = tiny_run
+    assert finetune_export.main([str(out), "--data", str(data), "--oof-dir", str(tmp_path)]) == 0
+    model = out / "fold2_acq_cs.onnx"
+    images = np.stack([phantom(224, seed=i) for i in range(3)])
+    embedding = OnnxEmbedder(model_path=str(model)).transform(images)
+    proba = OnnxCNNClassifier(model_path=str(model)).predict_proba(images)[:, 1]
+    np.testing.assert_allclose(1 / (1 + np.exp(-study.logits(model, embedding))), proba,
+                               atol=1e-5)
+    from xray_features import index_dataset, make_folds
+
+    train = index_dataset(data).subset("train")
+    folds = make_folds(train.labels, train.groups, n_splits=5, seed=0)
+    fold_models = [out / f"fold{k}_acq_cs.onnx" for k in range(5)]
+    oof, oof_copies = study.out_of_fold_logits(fold_models, train, folds, str(tmp_path / "cache"))
+    stored = np.load(out / "oof.npz")  # each film's probability from the model that never saw it
+    np.testing.assert_allclose(1 / (1 + np.exp(-oof)), stored["proba_acq_cs"], atol=2e-3)
+    assert len(oof_copies) == 2 and all(np.isfinite(c).all() for c in oof_copies)
+    report = tmp_path / "stack.json"
+    assert study.main(["--run", str(out), "--data", str(data), "--out", str(report),
+                       "--cache-dir", str(tmp_path / "cache")]) == 0
+    (result,) = json.loads(report.read_text()).values()
+    assert 0 <= result["cv"]["auc"] <= 1 and "site_val" not in result
