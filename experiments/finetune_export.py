@@ -48,8 +48,6 @@ def load(state_path):
     return model.eval()
 
 
-
-
 def write_site_predictions(path, site, data_root, proba):
     """CSV path,label,fold,proba,sha256 (fold -1; sha256 of the file, by which
     `pipelines.baselines` matches the scores to an evaluation set)."""

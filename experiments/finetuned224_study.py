@@ -58,6 +58,20 @@ def embedder(model):
     return {"ft224": OnnxEmbedder(model_path=str(model), expected_sha256=file_sha256(model))}
 
 
+def exported_models(run, n_folds):
+    """A `finetune_224.py` run's picked recipe, and the paths of its exported fold
+    models and final model (`finetune_export.py`; they may not exist)."""
+    picked = json.loads((run / "results.json").read_text())["picked"]
+    return picked, [run / f"fold{k}_{picked}.onnx" for k in range(n_folds)], run / f"{picked}.onnx"
+
+
+def require_exported(run, models):
+    """Exit naming whichever of ``models`` is missing."""
+    missing = [str(m) for m in models if not m.exists()]
+    if missing:
+        raise SystemExit(f"missing (run experiments/finetune_export.py {run}): {', '.join(missing)}")
+
+
 def with_copies(paths, labels, names, cache_dir, **kwargs):
     """Features of ``paths`` and the list of their default copy sets."""
     found = extract_features(paths, names, cache_dir, **kwargs)
@@ -81,16 +95,14 @@ def main(argv=None):
     parser = study_parser(__doc__, out="runs/finetuned224_study.json")
     parser.add_argument("--run", type=Path, default=RUN, help=f"(default: {RUN})")
     args = parser.parse_args(argv)
-    picked = json.loads((args.run / "results.json").read_text())["picked"]
-    model = args.run / f"{picked}.onnx"
+    train, site, folds = train_site_folds(args.data)
+    picked, fold_models, model = exported_models(args.run, len(folds))
     if not model.exists():
         parser.error(f"{model} missing: run experiments/finetune_export.py {args.run}")
     stored = np.load(args.run / "oof.npz")
-    train, site, folds = train_site_folds(args.data)
     y = train.labels
     if list(stored["fold"]) != list(fold_of(folds, len(y))) or list(stored["y"]) != list(y):
         parser.error(f"{args.run} was trained on other folds or images than the pipelines'")
-    fold_models = [args.run / f"fold{k}_{picked}.onnx" for k in range(len(folds))]
 
     X_default, copies = default_training_set(train, args.cache_dir)
     p_default, _, _, score_default = cross_fit(make_head("logreg"), X_default, y, folds, copies)

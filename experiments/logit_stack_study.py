@@ -18,7 +18,6 @@ layer (``model.fc``), so no network is rerun.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -31,7 +30,8 @@ from pipelines.metrics import binary_metrics, paired_bootstrap_auc
 from xray_features.dataset import fold_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetuned224_study import embedder, with_copies  # noqa: E402
+from finetuned224_study import (embedder, exported_models, require_exported,  # noqa: E402
+                                with_copies)
 from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402
                      site_val_look, study_parser, train_site_folds)
 
@@ -42,9 +42,9 @@ def final_layer(model):
     return weights["model.fc.weight"][0].astype(np.float64), float(weights["model.fc.bias"][0])
 
 
-def logits(model, embeddings):
-    """The model's own logit of each embedding row."""
-    weight, bias = final_layer(model)
+def logits(layer, embeddings):
+    """The logit of each embedding row through ``layer`` (`final_layer`'s weight and bias)."""
+    weight, bias = layer
     return np.asarray(embeddings, dtype=np.float64) @ weight + bias
 
 
@@ -57,10 +57,10 @@ def out_of_fold_logits(fold_models, train, folds, cache_dir):
                                     extractors=embedder(model))
         if oof_copies is None:
             oof_copies = [np.zeros(len(train)) for _ in copies]
-        mine = fold == k
-        oof[mine] = logits(model, found["ft224"][mine])
+        mine, layer = fold == k, final_layer(model)
+        oof[mine] = logits(layer, found["ft224"][mine])
         for target, copy in zip(oof_copies, copies):
-            target[mine] = logits(model, copy["ft224"][mine])
+            target[mine] = logits(layer, copy["ft224"][mine])
     return oof, oof_copies
 
 
@@ -69,14 +69,10 @@ def main(argv=None):
     parser.add_argument("--run", type=Path, required=True,
                         help="a finetune_224.py --save-folds run, exported by finetune_export.py")
     args = parser.parse_args(argv)
-    picked = json.loads((args.run / "results.json").read_text())["picked"]
     train, site, folds = train_site_folds(args.data)
     y = train.labels
-    fold_models = [args.run / f"fold{k}_{picked}.onnx" for k in range(len(folds))]
-    final_model = args.run / f"{picked}.onnx"
-    missing = [str(m) for m in fold_models + [final_model] if not m.exists()]
-    if missing:
-        parser.error(f"missing (run experiments/finetune_export.py {args.run}): {', '.join(missing)}")
+    picked, fold_models, final_model = exported_models(args.run, len(folds))
+    require_exported(args.run, fold_models + [final_model])
 
     oof, oof_copies = out_of_fold_logits(fold_models, train, folds, args.cache_dir)
     hog, hog_copies = with_copies(train.paths, train.labels, ["hog"], args.cache_dir)
@@ -98,7 +94,7 @@ def main(argv=None):
         site_tuned = extract_features(site.paths, ["ft224"], args.cache_dir,
                                       extractors=embedder(final_model))["ft224"]
         site_val_look(result, name + " (logit_stack_study)", cv, site.labels,
-                      score(np.hstack([site_hog, logits(final_model, site_tuned)[:, None]])),
+                      score(np.hstack([site_hog, logits(final_layer(final_model), site_tuned)[:, None]])),
                       threshold)
     results = Results()
     results.add(name, result)

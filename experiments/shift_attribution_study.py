@@ -23,7 +23,6 @@ train/ with the final model's embedding; "cnn" is then the fine-tuned block.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -35,7 +34,8 @@ from pipelines.persist import load_model
 from pipelines.score import DEFAULT_MODEL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetuned224_study import cross_fitted_blocks, embedder  # noqa: E402
+from finetuned224_study import (cross_fitted_blocks, embedder, exported_models,  # noqa: E402
+                                require_exported)
 from studies import (Results, default_training_set, hybrid_features,  # noqa: E402
                      study_parser, train_site_folds)
 
@@ -74,12 +74,9 @@ def default_blocks(train, folds, cache_dir):
 def finetuned_blocks(run, train, folds, cache_dir):
     """The cross-fitted hybrid's features: HOG beside fold k's fine-tuned embedding
     for fold k, beside the final model's for the final fit; and the final model."""
-    picked = json.loads((run / "results.json").read_text())["picked"]
-    models = [run / f"fold{k}_{picked}.onnx" for k in range(len(folds))] + [run / f"{picked}.onnx"]
-    missing = [str(m) for m in models if not m.exists()]
-    if missing:
-        raise SystemExit(f"missing (run experiments/finetune_export.py {run}): {', '.join(missing)}")
-    return cross_fitted_blocks(models, train, cache_dir), models[-1]
+    _, fold_models, final_model = exported_models(run, len(folds))
+    require_exported(run, fold_models + [final_model])
+    return cross_fitted_blocks(fold_models + [final_model], train, cache_dir), final_model
 
 
 def summarise(terms, n_hog):

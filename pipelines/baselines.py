@@ -5,8 +5,7 @@
 relative to the data root). The final model, trained on all of train/, is
 ``xray_features/models/<name>.onnx``, with ``<name>.preprocess.json`` beside
 it: the `default_preprocessor` options its training images went through
-(``lung_crop``, ``resize_mode``) and, for a model whose input size is
-dynamic, ``image_size``. A baseline is used only when its folds are exactly
+(``lung_crop``, ``resize_mode``). A baseline is used only when its folds are exactly
 the folds of this run, so every model is compared on the same splits.
 
 A baseline whose final model is not packaged (``cnn_ft224_acq``, fine-tuned at
@@ -57,8 +56,7 @@ def packaged_cnn_scores(model_path, paths):
     spec = json.loads(sidecar.read_text())
     images = extract_preprocessed(paths, default_preprocessor(crop=spec["lung_crop"],
                                                               resize_mode=spec["resize_mode"]))
-    classifier = OnnxCNNClassifier(model_path=str(model_path), image_size=spec.get("image_size"))
-    return classifier.predict_proba(images)[:, 1]
+    return OnnxCNNClassifier(model_path=str(model_path)).predict_proba(images)[:, 1]
 
 
 def saved_eval_scores(table_path, paths):

@@ -205,7 +205,7 @@ def test_logit_stack_uses_each_models_own_final_layer(tiny_run, tmp_path):
     images = np.stack([phantom(224, seed=i) for i in range(3)])
     embedding = OnnxEmbedder(model_path=str(model)).transform(images)
     proba = OnnxCNNClassifier(model_path=str(model)).predict_proba(images)[:, 1]
-    np.testing.assert_allclose(1 / (1 + np.exp(-study.logits(model, embedding))), proba,
+    np.testing.assert_allclose(1 / (1 + np.exp(-study.logits(study.final_layer(model), embedding))), proba,
                                atol=1e-5)
     from xray_features import index_dataset, make_folds
 
