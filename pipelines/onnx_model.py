@@ -30,6 +30,7 @@ from xray_features.io import ReadImages
 from xray_features.preprocess import CLAHE, LungCrop, Resize
 from xray_features.texture import HOGFeatures, LBPFeatures
 
+from .decision import logit
 from .persist import ModelFileError, sha256_of
 
 __all__ = ["EXPORT_FORMAT", "MANIFEST", "STEP_CLASSES", "OnnxHead", "platt", "is_export_dir",
@@ -37,8 +38,6 @@ __all__ = ["EXPORT_FORMAT", "MANIFEST", "STEP_CLASSES", "OnnxHead", "platt", "is
 
 EXPORT_FORMAT = "xray-hybrid-onnx/1"
 MANIFEST = "model.json"
-PLATT_EPS = 1e-6  # the clip of pipelines.decision.PlattCalibrator
-
 # The only classes a model.json may name, per place in the pipeline.
 STEP_CLASSES = {
     "read": {"ReadImages": ReadImages},
@@ -48,10 +47,9 @@ STEP_CLASSES = {
 }
 
 
-def platt(p, coef, intercept, eps=PLATT_EPS):
-    """sigmoid(coef * logit(clip(p)) + intercept), as PlattCalibrator computes it."""
-    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
-    return expit(coef * np.log(p / (1 - p)) + intercept)  # no overflow for large |z|
+def platt(p, coef, intercept):
+    """sigmoid(coef * logit(p) + intercept), as PlattCalibrator computes it."""
+    return expit(coef * logit(p) + intercept)  # expit: no overflow for large |z|
 
 
 class OnnxHead(ClassifierMixin, BaseEstimator):
