@@ -79,3 +79,63 @@ def test_file_cache_misses_when_content_or_preprocessing_changes(tmp_path, image
         changed["hog"],
         extract_features(image_files, ["hog"], None, progress=False, preprocessor=other)["hog"])
     assert not np.array_equal(changed["hog"], after)
+
+
+def _mean_embedder(path, scale):
+    """A tiny ONNX 'embedder': one feature, ``scale`` times the image's mean."""
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0),
+         helper.make_node("Mul", ["mean", "scale"], ["embedding"])],
+        "mean_embedder",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 16, 16])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor("scale", TensorProto.FLOAT, [], [scale])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    save(model, str(path))
+    return path
+
+
+def test_a_model_file_replaced_at_the_same_path_is_not_served_from_the_cache(tmp_path, phantoms):
+    from xray_features.cnn import OnnxEmbedder
+
+    model = _mean_embedder(tmp_path / "embedder.onnx", scale=2.0)
+    cached = CachedExtractor(OnnxEmbedder(model_path=model, image_size=16), tmp_path / "cache")
+    first = cached.transform(phantoms)
+    _mean_embedder(model, scale=3.0)  # new weights, same file name
+    second = cached.transform(phantoms)
+    np.testing.assert_allclose(second, first * 1.5, rtol=1e-5)
+    np.testing.assert_array_equal(second, OnnxEmbedder(model_path=model, image_size=16)
+                                  .transform(phantoms))
+
+
+def test_new_library_versions_or_feature_code_start_new_rows(tmp_path, phantoms, monkeypatch):
+    import xray_features.cache as cache_module
+
+    environment = cache_module.feature_environment()
+    for library in ("numpy=", "scikit-image=", "onnxruntime=", "code="):
+        assert library in environment
+    CountingHOG.computed = 0
+    CachedExtractor(CountingHOG(image_size=64), tmp_path).transform(phantoms)
+    monkeypatch.setattr(cache_module, "feature_environment", lambda: environment + " numpy=9")
+    CachedExtractor(CountingHOG(image_size=64), tmp_path).transform(phantoms)
+    assert CountingHOG.computed == 2 * len(phantoms)  # nothing reused across versions
+
+
+def test_feature_code_digest_follows_the_source(tmp_path, monkeypatch):
+    import xray_features.cache as cache_module
+
+    source = tmp_path / "feature_module.py"
+    source.write_text("x = 1\n")
+    monkeypatch.setattr(cache_module, "FEATURE_MODULES", (str(source),))  # absolute: joined as is
+    cache_module.feature_environment.cache_clear()
+    try:
+        before = cache_module.feature_environment()
+        source.write_text("x = 2\n")
+        cache_module.feature_environment.cache_clear()
+        assert cache_module.feature_environment() != before
+    finally:
+        cache_module.feature_environment.cache_clear()

@@ -8,6 +8,11 @@ runs, and never across different images or settings.
 `FileFeatureCache` keys the same rows by the *file's* sha256 and the
 preprocessing's parameters, so a warm batch job skips decoding and
 preprocessing too (`pipelines.assemble.extract_features` uses it).
+
+Both keys also hold what else decides the rows: the sha256 of any model file
+the extractor reads, the versions of the libraries that compute features, and
+the source of this package's feature code. A change to any of them starts new
+cache folders, instead of serving rows the current code would not compute.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from functools import cached_property
+from functools import cache, cached_property
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +30,46 @@ from sklearn.base import BaseEstimator, TransformerMixin, clone
 from ._images import as_images
 from .hashing import file_sha256
 
-__all__ = ["CachedExtractor", "FileFeatureCache", "extractor_digest"]
+__all__ = ["CachedExtractor", "FileFeatureCache", "extractor_digest", "feature_environment"]
 
 # Parameters that change speed, never the features.
 _RUNTIME_PARAMS = {"n_jobs", "batch_size", "n_threads"}
+# The distributions that compute features (decoding, preprocessing, HOG/LBP, the CNN).
+FEATURE_LIBRARIES = (("numpy",), ("opencv-python-headless", "opencv-python"),
+                     ("scikit-image",), ("onnxruntime",), ("pydicom",))
+# This package's modules that read images or compute features.
+FEATURE_MODULES = ("_images.py", "io.py", "preprocess.py", "augment.py", "views.py",
+                   "sharpness.py", "texture.py", "cnn.py")
+
+
+@cache
+def feature_environment():
+    """The library versions and the digest of the feature code, as one string."""
+    versions = []
+    for names in FEATURE_LIBRARIES:
+        for name in names:
+            try:
+                versions.append(f"{name}={metadata.version(name)}")
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    code = hashlib.blake2b(digest_size=8)
+    for module in FEATURE_MODULES:
+        code.update((Path(__file__).parent / module).read_bytes())
+    return " ".join(versions) + f" code={code.hexdigest()}"
 
 
 def extractor_digest(extractor, salt=""):
-    """A short hex digest of the extractor's class and output-relevant params."""
-    params = {
-        key: value for key, value in extractor.get_params(deep=True).items()
-        if key.split("__")[-1] not in _RUNTIME_PARAMS
-    }
-    text = salt + type(extractor).__qualname__ + repr(sorted(params.items(), key=lambda kv: kv[0]))
+    """A short hex digest of the extractor's class, its output-relevant params,
+    the sha256 of any model file it (or a step inside it) reads, and
+    `feature_environment`."""
+    all_params = extractor.get_params(deep=True)
+    params = {key: value for key, value in all_params.items()
+              if key.split("__")[-1] not in _RUNTIME_PARAMS}
+    models = [obj.model_sha256() for obj in (extractor, *all_params.values())
+              if callable(getattr(obj, "model_sha256", None))]
+    text = (salt + type(extractor).__qualname__ + repr(sorted(params.items(), key=lambda kv: kv[0]))
+            + repr(models) + feature_environment())
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -90,8 +123,7 @@ class FileFeatureCache:
 
     ``rows(paths)`` returns, per extractor, the cached row of each file or
     None; ``store`` saves new ones. A key is the file's sha256 plus a digest of
-    ``preprocessor``'s parameters and of ``version`` (bump it when
-    preprocessing code changes without a parameter change).
+    ``preprocessor``'s parameters, ``version`` and `feature_environment`.
 
     Parameters
     ----------

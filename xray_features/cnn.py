@@ -83,6 +83,11 @@ def _open_session(path, mtime_ns, size, expected_sha256, n_threads):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_sha256(path, mtime_ns, size):
+    return file_sha256(path)
+
+
 def onnx_session(path, n_threads=1, expected_sha256=None):
     """The process-wide onnxruntime session of the ONNX file at ``path``
     (sha256-checked first when ``expected_sha256`` is given)."""
@@ -117,6 +122,13 @@ class _OnnxModelMixin:
         if path.resolve().parent == MODELS_DIR:
             return PACKAGED_SHA256.get(path.name)
         return None  # a user's own model with no hash given: not checked
+
+    def model_sha256(self):
+        """sha256 of the model file these params name: what the feature cache
+        keys on, so a file replaced at the same path never serves old rows."""
+        path = self._resolved_path()
+        stat = path.stat()
+        return _cached_sha256(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
     def _get_session(self):
         """The process-wide session for the current params (see `_open_session`)."""
