@@ -38,6 +38,7 @@ __all__ = ["EXPORT_FORMAT", "MANIFEST", "STEP_CLASSES", "OnnxHead", "platt", "is
 
 EXPORT_FORMAT = "xray-hybrid-onnx/1"
 MANIFEST = "model.json"
+
 # The only classes a model.json may name, per place in the pipeline.
 STEP_CLASSES = {
     "read": {"ReadImages": ReadImages},

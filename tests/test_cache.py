@@ -139,3 +139,13 @@ def test_feature_code_digest_follows_the_source(tmp_path, monkeypatch):
         assert cache_module.feature_environment() != before
     finally:
         cache_module.feature_environment.cache_clear()
+
+
+def test_a_missing_model_file_is_named_before_anything_is_cached(tmp_path, phantoms):
+    from xray_features.cnn import OnnxEmbedder
+
+    cached = CachedExtractor(OnnxEmbedder(model_path=tmp_path / "gone.onnx", image_size=16),
+                             tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match="ONNX model not found: .*gone.onnx"):
+        cached.transform(phantoms)
+    assert not (tmp_path / "cache").exists()

@@ -127,6 +127,8 @@ class _OnnxModelMixin:
         """sha256 of the model file these params name: what the feature cache
         keys on, so a file replaced at the same path never serves old rows."""
         path = self._resolved_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
         stat = path.stat()
         return _cached_sha256(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
