@@ -25,7 +25,7 @@ taken under the same machine load):
   cycled) in batches of 64, keeping every result row as the score CLI does;
 - optionally (``--with-comparison``, or ``--only-comparison`` alone) the wall
   time of the 5-fold hog+cnn comparison, ``python -m pipelines.run``: without
-  copies (the issue's workload) cold (empty cache) and warm (features cached,
+  copies (the 5,216 images the speed target names) cold (empty cache) and warm (features cached,
   heads refitted); with the default copies cold, warm, rerun (fits cached too),
   and warm with counter-squash copies only.
 
@@ -436,8 +436,8 @@ COMPARISON_RUNS = (
 
 
 def comparison(data_root, tmp, quick):
-    """Wall time of the 5-fold hog+cnn comparison, both heads. First the issue's
-    workload, the 5,216 training images without copies, cold (empty cache) and warm
+    """Wall time of the 5-fold hog+cnn comparison, both heads. First the speed
+    target's workload, the 5,216 training images without copies, cold (empty cache) and warm
     (features cached, every head refitted); then the default, with its
     counter-squash and zoom copies: cold, warm, a rerun (features and fitted
     models cached), and warm with counter-squash copies only."""
