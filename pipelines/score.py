@@ -17,17 +17,24 @@ always a valid CSV; ``--resume`` keeps the rows already there. A lock file
 (``<out>.lock``) refuses a second run on the same output; temporary files a
 killed run left behind are removed by the next one.
 
+Beside the CSV, ``<out>.run.json`` records which model scored it (path,
+sha256, feature set, head, threshold, site adjustments) and the run's counts.
+``--resume`` refuses to add rows from another model to a CSV whose record
+names a different one.
+
 Exit codes: 0 every input was scored; 1 at least one input has
-``status=error``; 2 bad usage, unreadable model, or another run holds the
-output's lock.
+``status=error``; 2 bad usage, unreadable model, another run holds the
+output's lock, or ``--resume`` with another model than the CSV's.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import fcntl
 import io
+import json
 import sys
 import time
 from contextlib import contextmanager
@@ -38,8 +45,8 @@ from tqdm.auto import tqdm
 from xray_features.cnn import MODELS_DIR
 from xray_features.io import read_xray
 
-from .onnx_model import load_onnx_model
-from .persist import ModelFileError, atomic_write_bytes, load_model
+from .onnx_model import MANIFEST, load_onnx_model
+from .persist import ModelFileError, atomic_write_bytes, load_model, sha256_of
 
 __all__ = ["DEFAULT_MODEL", "COLUMNS", "expand_inputs", "score_paths", "main"]
 
@@ -150,6 +157,54 @@ def _exclusive_lock(out):
         handle.close()
 
 
+def model_sha256(model_path):
+    """What identifies a model file: the sha256 of the ``.joblib`` file, or of an
+    export folder's ``model.json`` (which pins every other file's sha256)."""
+    path = Path(model_path)
+    return sha256_of(path / MANIFEST if path.is_dir() else path)
+
+
+def run_record_path(out):
+    return Path(str(out) + ".run.json")
+
+
+def _check_resume_model(out, model_path, identity):
+    """Refuse to add ``model_path``'s rows to an ``out`` another model wrote."""
+    if not Path(out).exists():
+        return
+    record_path = run_record_path(out)
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        print(f"warning: {out} has no run record ({record_path.name}); its rows are kept "
+              "without checking which model wrote them", file=sys.stderr)
+        return
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"{record_path}: unreadable run record ({exc}); score into "
+                           "another --out") from None
+    if record.get("model_sha256") != identity:
+        raise RuntimeError(
+            f"{out} holds rows scored by {record.get('model')} (sha256 "
+            f"{str(record.get('model_sha256'))[:12]}…); --resume with {model_path} (sha256 "
+            f"{identity[:12]}…) would mix two models' rows: resume with that model, or "
+            "score into another --out")
+
+
+def _write_run_record(out, model_path, identity, model, metadata, n_inputs, rows=None):
+    record = {
+        "model": str(model_path), "model_sha256": identity,
+        "feature_set": metadata.get("feature_set"), "head": metadata.get("head"),
+        "threshold": float(model.steps[-1][1].threshold_),
+        "site_adjustments": _site_adjustments(metadata).lstrip(", ") or None,
+        "inputs": n_inputs,
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if rows is not None:
+        record["ok"] = sum(row["status"] == "ok" for row in rows)
+        record["errors"] = len(rows) - record["ok"]
+    atomic_write_bytes(run_record_path(out), (json.dumps(record, indent=2) + "\n").encode())
+
+
 def _remove_stale_temporaries(out):
     """Delete temporary CSVs a killed run left (only call while holding the lock)."""
     out = Path(out)
@@ -200,11 +255,16 @@ def main(argv=None):
     if not paths:
         print("error: no input files found", file=sys.stderr)
         return EXIT_USAGE
+    identity = model_sha256(model_path)
     try:
         with _exclusive_lock(args.out):
             _remove_stale_temporaries(args.out)
+            if args.resume:
+                _check_resume_model(args.out, model_path, identity)
+            _write_run_record(args.out, model_path, identity, model, metadata, len(paths))
             rows = (_score_all_dask(model_path, paths, args) if args.dask
                     else _score_all(model, paths, args))
+            _write_run_record(args.out, model_path, identity, model, metadata, len(paths), rows)
     except ImportError as exc:  # the dask extra is missing: the message names it
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

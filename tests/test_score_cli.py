@@ -1,6 +1,7 @@
 """`python -m pipelines.score`: one row per input, statuses, atomic output, resume, lock."""
 
 import csv
+import json
 import shutil
 
 import numpy as np
@@ -91,6 +92,57 @@ def test_resume_skips_done_rows(mixed_folder, model_path, tmp_path, monkeypatch)
     score.main(args + ["--resume"])
     assert _rows(out) == full
     assert sorted(seen) == sorted(r["path"] for r in full[3:])
+
+
+def test_run_record_names_the_model_and_counts(mixed_folder, model_path, tmp_path):
+    out = tmp_path / "s.csv"
+    assert score.main([str(mixed_folder), "--model", str(model_path), "--out", str(out),
+                       "--quiet"]) == 1
+    record = json.loads(score.run_record_path(out).read_text())
+    sidecar = model_path.with_name(model_path.name + ".sha256").read_text().split()[0]
+    assert record["model_sha256"] == sidecar
+    assert (record["inputs"], record["ok"], record["errors"]) == (7, 4, 3)
+    model, metadata = load_model(model_path)
+    assert record["threshold"] == model.steps[-1][1].threshold_
+    assert (record["feature_set"], record["head"]) == (metadata["feature_set"], "logreg")
+
+
+def _interrupted(out, keep=3):
+    """Cut ``out`` to its first ``keep`` rows, as a killed run leaves it."""
+    rows = _rows(out)[:keep]
+    with open(out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=score.COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_resume_with_another_model_is_refused(mixed_folder, model_path, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    args = [str(mixed_folder), "--out", str(out), "--quiet"]
+    score.main(args + ["--model", str(model_path)])
+    _interrupted(out)
+    before = out.read_bytes(), score.run_record_path(out).read_bytes()
+    other = model_path.with_name("hog-xgb.joblib")
+    capsys.readouterr()
+    assert score.main(args + ["--model", str(other), "--resume"]) == score.EXIT_USAGE
+    assert (out.read_bytes(), score.run_record_path(out).read_bytes()) == before
+    error = capsys.readouterr().err
+    assert "hog-logreg.joblib" in error and "hog-xgb.joblib" in error and "mix" in error
+
+
+def test_resume_without_a_run_record_warns_and_keeps_the_rows(mixed_folder, model_path,
+                                                               tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    args = [str(mixed_folder), "--model", str(model_path), "--out", str(out), "--quiet"]
+    score.main(args)
+    full = _rows(out)
+    _interrupted(out)
+    score.run_record_path(out).unlink()  # a CSV from before run records existed
+    capsys.readouterr()
+    score.main(args + ["--resume"])
+    assert _rows(out) == full
+    assert "no run record" in capsys.readouterr().err
+    assert json.loads(score.run_record_path(out).read_text())["ok"] == 4
 
 
 def test_concurrent_run_is_refused(model_path, tmp_path, mixed_folder, capsys):
