@@ -76,16 +76,21 @@ def test_list_file_and_missing_entries(tmp_path, model_path, mixed_folder):
     assert "not found" in rows[1]["error"]
 
 
+def _interrupted(out, keep=3):
+    """Cut ``out`` to its first ``keep`` rows, as a killed run leaves it."""
+    rows = _rows(out)[:keep]
+    with open(out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=score.COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def test_resume_skips_done_rows(mixed_folder, model_path, tmp_path, monkeypatch):
     out = tmp_path / "s.csv"
     args = [str(mixed_folder), "--model", str(model_path), "--out", str(out), "--quiet"]
     score.main(args)
     full = _rows(out)
-    # keep the first three rows, as an interrupted run would leave them
-    with open(out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=score.COLUMNS)
-        writer.writeheader()
-        writer.writerows(full[:3])
+    _interrupted(out)
     seen = []
     real = score.score_paths
     monkeypatch.setattr(score, "score_paths", lambda m, p: seen.extend(p) or real(m, p))
@@ -105,15 +110,6 @@ def test_run_record_names_the_model_and_counts(mixed_folder, model_path, tmp_pat
     model, metadata = load_model(model_path)
     assert record["threshold"] == model.steps[-1][1].threshold_
     assert (record["feature_set"], record["head"]) == (metadata["feature_set"], "logreg")
-
-
-def _interrupted(out, keep=3):
-    """Cut ``out`` to its first ``keep`` rows, as a killed run leaves it."""
-    rows = _rows(out)[:keep]
-    with open(out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=score.COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def test_resume_with_another_model_is_refused(mixed_folder, model_path, tmp_path, capsys):
