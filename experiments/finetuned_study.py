@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import clone
 
 from pipelines.assemble import extract_counter_squash_features, extract_features, make_head
 from pipelines.decision import PlattCalibrator
@@ -37,8 +36,8 @@ from xray_features.cnn import OnnxEmbedder
 from xray_features.preprocess import default_preprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studies import (Results, cross_fit, headline, site_val_look, study_parser,  # noqa: E402
-                     train_site_folds)
+from studies import (Results, cross_fit, fit_with_copies, headline,  # noqa: E402
+                     site_val_look, study_parser, train_site_folds)
 
 RUN = Path(__file__).resolve().parent / "artifacts" / "lite0_128_aug_e3"
 CNN_PREPROCESSOR = default_preprocessor(crop=True, resize_mode="pad")  # as train_cnn.py
@@ -60,12 +59,11 @@ def cross_fit_per_fold(head, blocks, y, folds):
     arrays, one copy per row of ``X``), ``blocks[-1]`` for the final fit."""
     raw = np.zeros(len(y))
     for (train, test), (X, copies) in zip(folds, blocks):
-        model = clone(head).fit(np.vstack([X[train]] + [C[train] for C in copies]),
-                                np.concatenate([y[train]] * (1 + len(copies))))
+        model = fit_with_copies(head, X, y, copies, train)
         raw[test] = model.predict_proba(X[test])[:, 1]
     calibrator = PlattCalibrator().fit(raw, y)
     X, copies = blocks[-1]
-    final = clone(head).fit(np.vstack([X] + list(copies)), np.concatenate([y] * (1 + len(copies))))
+    final = fit_with_copies(head, X, y, copies)
     p = calibrator.transform(raw)
     return p, youden_threshold(y, p), lambda Z: calibrator.transform(final.predict_proba(Z)[:, 1])
 

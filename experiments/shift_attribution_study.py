@@ -28,16 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.assemble import extract_features, make_head
+from pipelines.assemble import make_head
 from pipelines.metrics import auc
 from pipelines.persist import load_model
 from pipelines.score import DEFAULT_MODEL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetuned224_study import (cross_fitted_blocks, embedder, exported_models,  # noqa: E402
-                                require_exported)
-from studies import (Results, default_training_set, hybrid_features,  # noqa: E402
-                     study_parser, train_site_folds)
+from finetuned224_study import (cross_fitted_blocks, exported_models,  # noqa: E402
+                                hog_and_embedding, require_exported)
+from studies import (Results, default_training_set, fit_with_copies,  # noqa: E402
+                     hybrid_features, study_parser, train_site_folds)
 
 HOG_GRID = 7  # blocks per side: 128 px / 16-px cells = 8 cells, 2-cell blocks
 HOG_PER_BLOCK = 2 * 2 * 9  # cells per block x orientations
@@ -49,18 +49,13 @@ def logit_terms(head, X):
     return (X - scale.mean_) / scale.scale_ * logreg.coef_[0]
 
 
-def fit_head(X, copies, y, rows):
-    """The logistic head fitted on ``rows`` of ``X`` and of each copy set."""
-    return make_head("logreg").fit(np.vstack([X[rows]] + [C[rows] for C in copies]),
-                                   np.concatenate([y[rows]] * (1 + len(copies))))
-
-
 def out_of_fold_terms(blocks, y, folds):
     """Train/'s logit terms, each film's from the fold head that did not see it;
     ``blocks[k] = (X, copies)`` are fold k's features."""
     terms = np.zeros(blocks[0][0].shape)
     for (X, copies), (train, test) in zip(blocks, folds):
-        terms[test] = logit_terms(fit_head(X, copies, y, train), X[test])
+        terms[test] = logit_terms(fit_with_copies(make_head("logreg"), X, y, copies, train),
+                                  X[test])
     return terms
 
 
@@ -102,14 +97,13 @@ def main(argv=None):
         head = load_model(args.model)[0].steps[-1][1].estimator_
     else:
         blocks, final_model = finetuned_blocks(args.run, train, folds, args.cache_dir)
-        head = fit_head(*blocks[-1], y, np.arange(len(y)))
+        X, copies = blocks[-1]
+        head = fit_with_copies(make_head("logreg"), X, y, copies)
     sets = {"train (out of fold)": (train, out_of_fold_terms(blocks, y, folds))}
     if args.site_val and args.run is None:
         sets["site_val"] = (site, logit_terms(head, hybrid_features(site.paths, args.cache_dir)))
     elif args.site_val:
-        site_hog = extract_features(site.paths, ["hog"], args.cache_dir)["hog"]
-        site_tuned = extract_features(site.paths, ["ft224"], args.cache_dir,
-                                      extractors=embedder(final_model))["ft224"]
+        site_hog, site_tuned = hog_and_embedding(site.paths, final_model, args.cache_dir)
         sets["site_val"] = (site, logit_terms(head, np.hstack([site_hog, site_tuned])))
     results = Results()
     results.add("head's intercept", float(head.named_steps["logreg"].intercept_[0]))

@@ -67,6 +67,16 @@ def default_training_set(train, cache_dir):
     return hybrid_features(train.paths, cache_dir), [stack(c) for c in copies]
 
 
+def fit_with_copies(head, X, y, copies=(), rows=None):
+    """A clone of ``head`` fitted on ``rows`` of ``X`` (all when None) and the
+    same rows of each copy set in ``copies`` (one copy per row of ``X``)."""
+    if rows is None:
+        return clone(head).fit(np.vstack([X] + list(copies)),
+                               np.concatenate([y] * (1 + len(copies))))
+    return clone(head).fit(np.vstack([X[rows]] + [C[rows] for C in copies]),
+                           np.concatenate([y[rows]] * (1 + len(copies))))
+
+
 def fold_models(head, X, y, folds, copies=()):
     """The fold models, their calibrator, the OOF Youden threshold and the raw
     OOF scores. Each array in ``copies`` holds one copy per row of ``X``; each
@@ -74,9 +84,7 @@ def fold_models(head, X, y, folds, copies=()):
     test rows)."""
     models, raw = [], np.zeros(len(y))
     for train, test in folds:
-        Xt = np.vstack([X[train]] + [C[train] for C in copies])
-        yt = np.concatenate([y[train]] * (1 + len(copies)))
-        models.append(clone(head).fit(Xt, yt))
+        models.append(fit_with_copies(head, X, y, copies, train))
         raw[test] = models[-1].predict_proba(X[test])[:, 1]
     calibrator = PlattCalibrator().fit(raw, y)
     return models, calibrator, youden_threshold(y, calibrator.transform(raw)), raw
@@ -94,7 +102,7 @@ def cross_fit(head, X, y, folds, copies=(), stress=None):
         for model, (_, test) in zip(models, folds):
             scores[test] = model.predict_proba(C[test])[:, 1]
         stressed[name] = calibrator.transform(scores)
-    final = clone(head).fit(np.vstack([X] + list(copies)), np.concatenate([y] * (1 + len(copies))))
+    final = fit_with_copies(head, X, y, copies)
     return (calibrator.transform(raw), stressed, threshold,
             lambda Z: calibrator.transform(final.predict_proba(Z)[:, 1]))
 

@@ -173,6 +173,7 @@ def test_seed_study_ensembles_the_runs_out_of_fold(tiny_run, tmp_path):
 
 def test_shift_attribution_splits_the_cross_fitted_head_exactly(tiny_run, tmp_path):
     import shift_attribution_study as study
+    from pipelines.assemble import make_head
 
     data, out = tiny_run
     assert finetune_export.main([str(out), "--data", str(data), "--oof-dir", str(tmp_path)]) == 0
@@ -184,7 +185,7 @@ def test_shift_attribution_splits_the_cross_fitted_head_exactly(tiny_run, tmp_pa
     assert len(blocks) == 6 and final_model.name == "acq_cs.onnx"
     X, copies = blocks[-1]
     assert X.shape[1] == study.HOG_GRID ** 2 * study.HOG_PER_BLOCK + 1280 and len(copies) == 2
-    head = study.fit_head(X, copies, train.labels, np.arange(len(X)))
+    head = study.fit_with_copies(make_head("logreg"), X, train.labels, copies)
     terms = study.logit_terms(head, X)  # the logit is the terms' sum plus the intercept
     np.testing.assert_allclose(terms.sum(axis=1) + head[-1].intercept_[0],
                                head.decision_function(X), rtol=1e-6, atol=1e-6)
