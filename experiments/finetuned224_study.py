@@ -79,6 +79,13 @@ def with_copies(paths, labels, names, cache_dir, **kwargs):
     return found, copies
 
 
+def hog_and_embedding(paths, model, cache_dir):
+    """HOG and ``model``'s fine-tuned embedding of ``paths`` (no copies), as two arrays."""
+    hog = extract_features(paths, ["hog"], cache_dir)["hog"]
+    tuned = extract_features(paths, ["ft224"], cache_dir, extractors=embedder(model))["ft224"]
+    return hog, tuned
+
+
 def cross_fitted_blocks(models, train, cache_dir):
     """`cross_fit_per_fold` blocks of HOG beside each model's embedding, with copies."""
     hog, hog_copies = with_copies(train.paths, train.labels, ["hog"], cache_dir)
@@ -107,9 +114,7 @@ def main(argv=None):
     X_default, copies = default_training_set(train, args.cache_dir)
     p_default, _, _, score_default = cross_fit(make_head("logreg"), X_default, y, folds, copies)
     if args.site_val:
-        site_hog = extract_features(site.paths, ["hog"], args.cache_dir)["hog"]
-        site_tuned = extract_features(site.paths, ["ft224"], args.cache_dir,
-                                      extractors=embedder(model))["ft224"]
+        site_hog, site_tuned = hog_and_embedding(site.paths, model, args.cache_dir)
         site_default = score_default(hybrid_features(site.paths, args.cache_dir))
         table = OOF_DIR / "site_val" / f"cnn_{args.run.name}_{picked}.csv"
         site_tuned_proba = saved_eval_scores(table, site.paths)

@@ -25,13 +25,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from pipelines.assemble import extract_features, make_head
+from pipelines.assemble import make_head
 from pipelines.metrics import binary_metrics, paired_bootstrap_auc
 from xray_features.dataset import fold_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetuned224_study import (embedder, exported_models, require_exported,  # noqa: E402
-                                with_copies)
+from finetuned224_study import (embedder, exported_models, hog_and_embedding,  # noqa: E402
+                                require_exported, with_copies)
 from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402
                      site_val_look, study_parser, train_site_folds)
 
@@ -90,12 +90,10 @@ def main(argv=None):
                                                       train.groups),
               "cnn_logit_alone_cv_auc": round(binary_metrics(y, oof, 0.0)["auc"], 4)}
     if args.site_val:
-        site_hog = extract_features(site.paths, ["hog"], args.cache_dir)["hog"]
-        site_tuned = extract_features(site.paths, ["ft224"], args.cache_dir,
-                                      extractors=embedder(final_model))["ft224"]
+        site_hog, site_tuned = hog_and_embedding(site.paths, final_model, args.cache_dir)
+        site_logit = logits(final_layer(final_model), site_tuned)
         site_val_look(result, name + " (logit_stack_study)", cv, site.labels,
-                      score(np.hstack([site_hog, logits(final_layer(final_model), site_tuned)[:, None]])),
-                      threshold)
+                      score(np.hstack([site_hog, site_logit[:, None]])), threshold)
     results = Results()
     results.add(name, result)
     results.save(args.out)
