@@ -6,11 +6,11 @@ float32 ulp away from the cached ones, and the five-set comparison's
 study repeats that on train/ alone: the default hybrid's logistic head is
 cross-fitted on the pipelines' folds with the default copies, once as it is and
 once with ``--rows`` random training rows nudged by one ulp (every non-zero
-value), with
-the shipped solver settings (float32 features, lbfgs ``tol=1e-4``), with float64
-features, and with float64 features and ``tol=1e-6``. For each it reports the out-of-fold AUC, the
-Youden threshold before and after the nudge, the largest change of an
-out-of-fold logit, and the fitting time. No site_val image is read.
+value), with the shipped solver settings (float32 features, lbfgs
+``tol=1e-4``), with float64 features, and with float64 features and
+``tol=1e-6``. For each it reports the out-of-fold AUC, the Youden threshold
+before and after the nudge, the largest change of an out-of-fold logit, and
+the fitting time. No site_val image is read.
 
     python experiments/head_noise_study.py --data ../shared/data/kermany
 """
@@ -22,10 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-
+from pipelines.assemble import make_head
 from pipelines.decision import logit
 from pipelines.metrics import auc
 
@@ -40,9 +37,7 @@ SOLVERS = {"float32, tol 1e-4 (shipped)": (np.float32, 1e-4),
 
 def logistic_head(tol):
     """The default head (`pipelines.assemble.make_head("logreg")`) with its own ``tol``."""
-    return Pipeline([("scale", StandardScaler()),
-                     ("logreg", LogisticRegression(C=0.01, max_iter=3000, tol=tol,
-                                                   random_state=0))])
+    return make_head("logreg").set_params(logreg__tol=tol)
 
 
 def nudged(X, rows):
@@ -63,10 +58,11 @@ def main(argv=None):
     y = train.labels
     X, copies = default_training_set(train, args.cache_dir)
     rows = np.random.default_rng(args.seed).choice(len(y), args.rows, replace=False)
+    variants = {"as is": X, "nudged": nudged(X, rows)}
     results = Results()
     for name, (dtype, tol) in SOLVERS.items():
         runs = {}
-        for variant, Xv in {"as is": X, "nudged": nudged(X, rows)}.items():
+        for variant, Xv in variants.items():
             started = time.perf_counter()
             _, _, threshold, raw = fold_models(logistic_head(tol), Xv.astype(dtype), y, folds,
                                                [C.astype(dtype) for C in copies])
