@@ -69,7 +69,7 @@ def _open_session(path, mtime_ns, size, expected_sha256, n_threads):
     and a changed file (new mtime or size) is checked and opened again.
     """
     if expected_sha256 is not None:
-        actual = file_sha256(path)
+        actual = _cached_sha256(path, mtime_ns, size)
         if actual != expected_sha256:
             raise ModelIntegrityError(
                 f"{path}: sha256 is {actual}, expected {expected_sha256}. The file is corrupt "
@@ -85,18 +85,23 @@ def _open_session(path, mtime_ns, size, expected_sha256, n_threads):
 
 @functools.lru_cache(maxsize=64)
 def _cached_sha256(path, mtime_ns, size):
+    """The file's sha256, hashed once per (path, modification time, size)."""
     return file_sha256(path)
+
+
+def _file_version(path):
+    """(resolved path, mtime_ns, size) of an ONNX file: the key of the caches above."""
+    path = Path(os.fspath(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    stat = path.stat()
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
 
 
 def onnx_session(path, n_threads=1, expected_sha256=None):
     """The process-wide onnxruntime session of the ONNX file at ``path``
     (sha256-checked first when ``expected_sha256`` is given)."""
-    path = Path(os.fspath(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {path}")
-    stat = path.stat()
-    return _open_session(str(path.resolve()), stat.st_mtime_ns, stat.st_size,
-                         expected_sha256, int(n_threads))
+    return _open_session(*_file_version(path), expected_sha256, int(n_threads))
 
 
 class _OnnxModelMixin:
@@ -126,11 +131,7 @@ class _OnnxModelMixin:
     def model_sha256(self):
         """sha256 of the model file these params name: what the feature cache
         keys on, so a file replaced at the same path never serves old rows."""
-        path = self._resolved_path()
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {path}")
-        stat = path.stat()
-        return _cached_sha256(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        return _cached_sha256(*_file_version(self._resolved_path()))
 
     def _get_session(self):
         """The process-wide session for the current params (see `_open_session`)."""
