@@ -43,4 +43,7 @@ def test_a_nudge_is_reported_per_solver(synthetic_data, tmp_path):
     report = _report(synthetic_data, tmp_path, rows=3)
     for result in report.values():
         assert result["max_logit_change"] >= result["median_logit_change"] >= 0
-        assert result["fit_seconds_5_folds"] > 0
+        # a wall time, reported, never asserted positive: rounded to 0.1 s, a fast
+        # machine's fit reads 0.0 (timing is for benchmarks, not tests)
+        assert isinstance(result["fit_seconds_5_folds"], float)
+        assert result["fit_seconds_5_folds"] >= 0
