@@ -143,3 +143,43 @@ def test_cnn_pipeline_recalibrates_on_site_labels_and_prevalence(tiny_cnn, synth
     shifted, _ = load_model(prior)
     images = [read_xray(p) for p in test.paths]
     np.testing.assert_array_equal(shifted[1:].predict(images), model[1:].predict(images))
+
+
+def test_packaged_default_is_regenerated_from_the_networks_out_of_fold_probabilities():
+    """The default's calibration and threshold are what its network's committed
+    out-of-fold probabilities give under the stated rule (no data needed)."""
+    from pipelines.baselines import OOF_DIR, read_oof
+    from pipelines.score import DEFAULT_MODEL
+
+    model, metadata = load_model(DEFAULT_MODEL)
+    assert metadata["threshold_rule"] == "sensitivity:0.95"
+    assert metadata["network"] == "cnn_ft224_cs_acq_cs.onnx"
+    score_step = model.named_steps["features"].transformer_list[0][1]
+    assert score_step.model_path == "cnn_ft224_cs_acq_cs.onnx"  # portable: a packaged name
+    rows = list(read_oof(OOF_DIR / "cnn_ft224_cs_acq_cs.csv").values())
+    y = np.array([label for label, _, _ in rows])
+    oof = np.array([proba for _, _, proba in rows])
+    refit = DecisionClassifier(ScoreHead(), cv="given").fit(oof[:, None], y, oof_proba=oof)
+    shipped = model.steps[-1][1]
+    assert shipped.threshold_ == pytest.approx(refit.threshold_, abs=1e-12)
+    assert shipped.threshold_ == pytest.approx(metadata["threshold"], abs=1e-12)
+    probe = np.linspace(0.01, 0.99, 9)
+    np.testing.assert_allclose(shipped.calibrator_.transform(probe),
+                               refit.calibrator_.transform(probe), atol=1e-9)
+
+
+@pytest.mark.data
+def test_packaged_default_scores_site_val_as_its_network_did(data_root):
+    """Golden values: the default's first steps give the network's saved
+    site_val probabilities (written by its GPU study), and its labels follow."""
+    from pipelines.baselines import OOF_DIR, saved_eval_scores
+    from pipelines.score import DEFAULT_MODEL
+
+    model, _ = load_model(DEFAULT_MODEL)
+    paths = index_dataset(data_root).subset("site_val").paths[::6]
+    saved = saved_eval_scores(OOF_DIR / "site_val" / "cnn_ft224_cs_acq_cs.csv", paths)
+    raw = model[:-1].transform(paths)[:, 0]
+    np.testing.assert_allclose(raw, saved, atol=3e-6)  # 6 decimals + static padding (2.4e-7)
+    decision = model.steps[-1][1]
+    expected = (decision.calibrator_.transform(saved) >= decision.threshold_).astype(int)
+    np.testing.assert_array_equal(model.predict(paths), expected)
