@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from sklearn.base import clone
 
 from xray_features.cnn import (
-    MODELS_DIR, PACKAGED_SHA256, ModelIntegrityError, OnnxCNNClassifier, OnnxEmbedder,
+    MODELS_DIR, PACKAGED_SHA256, ModelIntegrityError, OnnxCNNClassifier, OnnxCNNScore, OnnxEmbedder,
     file_sha256, prepare_batch,
 )
 
@@ -96,8 +96,11 @@ def test_sklearn_contract(images):
 
 
 def test_image_size_must_match_a_static_model():
-    with pytest.raises(ValueError, match="128"):  # the packaged classifier's input is 128 px
-        OnnxCNNClassifier(image_size=32).predict_proba(synthetic_images(1))
+    lite0_128 = MODELS_DIR / "cnn_lite0_128_aug_e3.onnx"  # a static 128-px input
+    with pytest.raises(ValueError, match="128"):
+        OnnxCNNClassifier(lite0_128, image_size=32).predict_proba(synthetic_images(1))
+    with pytest.raises(ValueError, match="224"):  # the default CNN's input is 224 px
+        OnnxCNNScore(image_size=32).transform(synthetic_images(1))
 
 
 def test_embedder_runs_at_160_px(images, embeddings):
@@ -235,3 +238,15 @@ def test_every_packaged_model_is_pinned_and_carded():
         assert file_sha256(model) == PACKAGED_SHA256[model.name]
         assert PACKAGED_SHA256[model.name] in card and f"`{model.name}`" in card
         assert model.stat().st_size < 25 * 2**20
+
+
+def test_cnn_score_is_the_classifiers_probability_as_a_column(tmp_path):
+    path = _tiny_classifier(tmp_path / "tiny.onnx", channels=3)
+    images = synthetic_images(5, shape=(16, 16))
+    score = OnnxCNNScore(model_path=path, batch_size=2)
+    column = score.fit(images).transform(images)
+    assert column.shape == (5, 1) and column.dtype == np.float32
+    expected = OnnxCNNClassifier(model_path=path).predict_proba(images)[:, 1]
+    np.testing.assert_array_equal(column[:, 0], expected.astype(np.float32))
+    assert list(score.get_feature_names_out()) == ["cnn_probability"]
+    assert pickle.loads(pickle.dumps(score)).get_params() == score.get_params()

@@ -12,7 +12,7 @@ from xray_features.augment import Intensity, RandomReframe, RandomZoom, Reframe,
 from xray_features.preprocess import BorderCrop, EqualizeHistogram
 from xray_features.sharpness import EqualizeSharpness
 from xray_features.views import ViewFeatures
-from xray_features.cnn import OnnxEmbedder
+from xray_features.cnn import OnnxCNNScore, OnnxEmbedder
 
 from .conftest import phantom
 
@@ -48,7 +48,7 @@ ESTIMATORS = [CLAHE(), LungCrop(), Resize(size=16), Stretch(vertical=1.3), Rando
               EqualizeSharpness(target=50.0), EqualizeHistogram(),
               BorderCrop(fraction=0.1), HOGFeatures(image_size=32),
               LBPFeatures(image_size=32, grid=2), CachedExtractor(HOGFeatures(image_size=32)),
-              OnnxEmbedder(batch_size=16),
+              OnnxEmbedder(batch_size=16), OnnxCNNScore(batch_size=16),
               ViewFeatures(Resize(size=32), HOGFeatures(image_size=32), [BorderCrop(fraction=0.1)])]
 
 

@@ -26,12 +26,13 @@ from .hashing import file_sha256
 
 __all__ = [
     "MODELS_DIR", "PACKAGED_SHA256", "ModelIntegrityError", "file_sha256", "onnx_session",
-    "OnnxEmbedder", "OnnxCNNClassifier", "prepare_batch",
+    "OnnxEmbedder", "OnnxCNNClassifier", "OnnxCNNScore", "prepare_batch",
 ]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_EMBEDDER = "efficientnet_lite0_embedder.onnx"
-DEFAULT_CLASSIFIER = "cnn_lite0_128_aug_e3.onnx"  # the best pure-CNN baseline by CV AUC
+# the packaged pure CNN with the best site_val AUC (models/MODEL_CARD.md)
+DEFAULT_CLASSIFIER = "cnn_ft224_cs_acq_cs.onnx"
 
 # sha256 of the models shipped in MODELS_DIR (also listed in models/MODEL_CARD.md).
 PACKAGED_SHA256 = {
@@ -164,6 +165,21 @@ class _OnnxModelMixin:
             outputs.append(session.run([output_name], {input_name: batch})[0])
         return np.concatenate(outputs, axis=0)
 
+    def _probability_output(self):
+        """The ONNX output holding P(pneumonia): ``output_name``, else one named
+        ``probability`` / ``probabilities``, else the first output."""
+        if self.output_name is not None:
+            return self.output_name
+        names = [o.name for o in self._get_session().get_outputs()]
+        return next((n for n in names if n in ("probability", "probabilities")), names[0])
+
+    def _pneumonia_probability(self, X):
+        """(n,) float64 P(pneumonia) of the images ``X``, clipped to [0, 1]."""
+        out = np.asarray(self._run(X, self._probability_output(), self.image_size), np.float64)
+        p = out[:, -1] if out.ndim == 2 else out
+        if p.shape != (len(out),):
+            raise ValueError(f"unexpected probability output of shape {out.shape}")
+        return np.clip(p, 0.0, 1.0)
 
 
 class OnnxEmbedder(_OnnxModelMixin, ImageTransformerMixin):
@@ -262,19 +278,9 @@ class OnnxCNNClassifier(_OnnxModelMixin, ClassifierMixin, BaseEstimator):
             raise ValueError("labels must be 0 (normal) or 1 (pneumonia)")
         return self
 
-    def _probability_output(self):
-        if self.output_name is not None:
-            return self.output_name
-        names = [o.name for o in self._get_session().get_outputs()]
-        return next((n for n in names if n in ("probability", "probabilities")), names[0])
-
     def predict_proba(self, X):
         """(n, 2) float64: P(normal), P(pneumonia)."""
-        out = np.asarray(self._run(X, self._probability_output(), self.image_size), np.float64)
-        p = out[:, -1] if out.ndim == 2 else out
-        if p.shape != (len(out),):
-            raise ValueError(f"unexpected probability output of shape {out.shape}")
-        p = np.clip(p, 0.0, 1.0)
+        p = self._pneumonia_probability(X)
         return np.column_stack([1.0 - p, p])
 
     def decision_function(self, X):
@@ -288,3 +294,52 @@ class OnnxCNNClassifier(_OnnxModelMixin, ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
         return tags
+
+
+class OnnxCNNScore(_OnnxModelMixin, ImageTransformerMixin):
+    """Images -> a pretrained ONNX CNN's P(pneumonia), as one feature column.
+
+    The feature step of a pure-CNN pipeline: ``read -> preprocess ->
+    OnnxCNNScore -> DecisionClassifier(ScoreHead())``, so that a CNN is
+    calibrated, thresholded, saved, scored, recalibrated and exported like
+    every other model. Stateless: ``fit`` only validates ``X``.
+
+    Parameters
+    ----------
+    model_path : path, optional
+        The ONNX classifier; None uses the packaged default CNN
+        (`DEFAULT_CLASSIFIER`).
+    output_name : str, optional
+        Probability output; None picks one named ``probability`` /
+        ``probabilities``, else the first output.
+    image_size : int, optional
+        Needed only when the model's input size is dynamic.
+    batch_size : int, default=32
+        Images per onnxruntime call; results do not depend on it.
+    n_threads : int, default=2
+        onnxruntime intra-op threads.
+    expected_sha256 : str, optional
+        As in `OnnxEmbedder`.
+
+    See Also
+    --------
+    OnnxCNNClassifier : the same network as a stand-alone classifier.
+    """
+
+    _default_model = DEFAULT_CLASSIFIER
+
+    def __init__(self, model_path=None, output_name=None, image_size=None, batch_size=32,
+                 n_threads=2, expected_sha256=None):
+        self.model_path = model_path
+        self.output_name = output_name
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.n_threads = n_threads
+        self.expected_sha256 = expected_sha256
+
+    def transform(self, X):
+        """(n, 1) float32: P(pneumonia) of each image (the network's own precision)."""
+        return self._pneumonia_probability(X)[:, None].astype(np.float32)
+
+    def get_feature_names_out(self, input_features=None):
+        return np.asarray(["cnn_probability"], dtype=object)
