@@ -223,8 +223,9 @@ def run_subtype(args, argv=None):
     y_bv, g_bv, p_bv = bv["cv"]
     selected, selection_tests = select_model(candidates, p_bv, y_bv, g_bv, args.n_boot,
                                              args.seed, args.selection_margin)
+    # a paired test needs both subtypes (a set without viral images has no bacterial-vs-viral AUC)
     comparisons = {name: {part: compare(y_, p_[name], p_[PROBE], g_, args.n_boot, args.seed)
-                          for part, (y_, g_, p_) in bv.items()}
+                          for part, (y_, g_, p_) in bv.items() if 0 < y_.sum() < len(y_)}
                    for name in models if name != PROBE}
     results = {
         "command": "python -m pipelines.run " + " ".join(
