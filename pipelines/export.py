@@ -31,6 +31,7 @@ from xray_features.cache import CachedExtractor
 from xray_features.cnn import OnnxEmbedder, file_sha256
 
 from .decision import DecisionClassifier
+from .multiclass import is_multiclass, three_class_refusal
 from .onnx_model import (EXPORT_FORMAT, MANIFEST, STEP_CLASSES, _is_plain, load_onnx_model,
                          platt)
 from .persist import ModelFileError, atomic_write_bytes, load_model, package_versions
@@ -263,6 +264,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         model, metadata = load_model(args.model)
+        if is_multiclass(model):
+            raise ExportError(three_class_refusal("pipelines.export"))
         check = None
         if args.check:
             from .score import expand_inputs

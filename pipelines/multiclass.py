@@ -34,7 +34,7 @@ from .decision import _check_augment, _fit_one
 from .metrics import choose_threshold
 
 __all__ = ["MultiClassDecision", "TemperatureScaler", "make_multiclass_head", "decide",
-           "pneumonia_proba", "subtype_proba", "is_multiclass", "score_rows",
+           "pneumonia_proba", "subtype_proba", "is_multiclass", "three_class_refusal", "score_rows",
            "score_columns", "DECISIONS"]
 
 DECISIONS = ("youden", "argmax")
@@ -251,6 +251,12 @@ def is_multiclass(model):
     """Whether a saved pipeline (or its last step) decides between more than two classes."""
     last = model.steps[-1][1] if hasattr(model, "steps") else model
     return len(getattr(last, "classes_", ())) > 2
+
+
+def three_class_refusal(tool):
+    """The one-line reason ``tool`` gives for refusing a multi-class model."""
+    return (f"this is a three-class model (NORMAL/BACTERIAL/VIRAL, pipelines.run --task "
+            f"subtype); {tool} handles binary NORMAL/PNEUMONIA models only")
 
 
 def score_columns(classes):

@@ -1,4 +1,5 @@
-"""`python -m pipelines.run --task subtype` end to end on a small synthetic three-class set."""
+"""`python -m pipelines.run --task subtype` end to end on a small synthetic
+three-class set; `pipelines.calibrate` and `export` refuse its models."""
 
 import json
 
@@ -6,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines import run
+from pipelines import calibrate, export, run
 from pipelines.persist import load_model
 from pipelines.subtype import CLASSES, three_class_metrics
 from xray_features.dataset import index_dataset
@@ -104,3 +105,14 @@ def test_saved_model_is_a_three_class_pipeline(subtype_run):
 def test_subtype_refuses_tta(tmp_path, capsys):
     assert run.main(["--task", "subtype", "--tta", "--data", str(tmp_path), "--quiet"]) == 2
     assert "--tta" in capsys.readouterr().err
+
+
+def test_calibrate_and_export_refuse_a_three_class_model(subtype_run, tmp_path, capsys):
+    data, out = subtype_run
+    model = str(out / "models" / "hog-logreg.joblib")
+    assert calibrate.main(["--model", model, "--labelled-dir", str(data / "test"),
+                           "--out", str(tmp_path / "c.joblib")]) == 2
+    assert export.main(["--model", model, "--out", str(tmp_path / "onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("three-class") == 2
+    assert not (tmp_path / "c.joblib").exists() and not (tmp_path / "onnx").exists()
