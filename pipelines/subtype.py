@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 import shlex
 import sys
@@ -371,8 +372,6 @@ def write_subtype_report(out_dir, results, curves):
     probabilities})``. Plots: one-vs-rest ROC per class, bacterial-vs-viral
     ROC among the pneumonia images, and the 3x3 confusion matrices.
     """
-    import json
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = []
