@@ -5,6 +5,9 @@ A model is ``read -> preprocess -> FeatureUnion(extractors) -> DecisionClassifie
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
@@ -15,16 +18,18 @@ from tqdm.auto import tqdm
 from xray_features import CachedExtractor, HOGFeatures, LBPFeatures, ReadImages, __version__
 from xray_features.augment import RandomZoom, counter_squash
 from xray_features.cache import FileFeatureCache
-from xray_features.cnn import OnnxEmbedder
+from xray_features.cnn import MODELS_DIR, PACKAGED_SHA256, OnnxCNNScore, OnnxEmbedder
 from xray_features.preprocess import default_preprocessor
 from xray_features.views import view_preprocessor
 
-from .decision import DecisionClassifier
+from .decision import DecisionClassifier, ScoreHead
+from .metrics import DEFAULT_THRESHOLD_RULE
 
 __all__ = ["EXTRACTORS", "HEADS", "parse_feature_sets", "make_extractor", "make_head",
            "make_feature_union", "make_pipeline", "extract_features",
            "extract_counter_squash_features", "extract_zoom_features", "extract_training_copies",
-           "AUGMENTATIONS", "DEFAULT_AUGMENT", "extract_preprocessed"]
+           "AUGMENTATIONS", "DEFAULT_AUGMENT", "extract_preprocessed", "cnn_preprocessor",
+           "make_cnn_pipeline"]
 
 # cnn160: the same embedder at 160 px, the fast path (see benchmarks/README.md).
 EXTRACTORS = ("hog", "lbp", "cnn", "cnn160")
@@ -89,7 +94,7 @@ def make_feature_union(feature_set, cache_dir=None, n_jobs=None):
 
 
 def make_pipeline(feature_set, head, cv=5, random_state=0, cache_dir=None, n_jobs=None,
-                  threshold_rule="youden", lung_crop=False):
+                  threshold_rule=DEFAULT_THRESHOLD_RULE, lung_crop=False):
     """The whole model, from file paths to a thresholded label."""
     return Pipeline([
         ("read", ReadImages()),
@@ -97,6 +102,43 @@ def make_pipeline(feature_set, head, cv=5, random_state=0, cache_dir=None, n_job
         ("features", make_feature_union(feature_set, cache_dir, n_jobs)),
         ("classifier", DecisionClassifier(make_head(head, random_state), cv=cv,
                                           threshold_rule=threshold_rule, n_jobs=n_jobs)),
+    ])
+
+
+def cnn_preprocessor(model_path):
+    """The `default_preprocessor` a CNN's training images went through, as its
+    ``<name>.preprocess.json`` sidecar states (``lung_crop``, ``resize_mode``).
+
+    ``model_path`` is a path, or the bare file name of a packaged CNN.
+    """
+    path = Path(model_path)
+    if str(path) in PACKAGED_SHA256:  # a packaged CNN named by its file name alone
+        path = MODELS_DIR / path
+    sidecar = path.with_suffix(".preprocess.json")
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"{sidecar} missing: a CNN must state how its training images "
+                                "were preprocessed (lung_crop, resize_mode)")
+    spec = json.loads(sidecar.read_text())
+    return default_preprocessor(crop=spec["lung_crop"], resize_mode=spec["resize_mode"])
+
+
+def make_cnn_pipeline(model_path, threshold_rule=DEFAULT_THRESHOLD_RULE):
+    """A pure-CNN model, from file paths to a thresholded label, unfitted.
+
+    ``read -> the CNN's own preprocessing (`cnn_preprocessor`) ->
+    OnnxCNNScore -> DecisionClassifier(ScoreHead(), cv="given")``: the
+    network was trained elsewhere, so its classifier step is fitted from the
+    network's out-of-fold probabilities (``fit(..., classifier__oof_proba=...)``,
+    or `DecisionClassifier.fit` directly), which give the Platt calibration and
+    the threshold. Same steps, so the same scoring, recalibration and export,
+    as `make_pipeline`.
+    """
+    return Pipeline([
+        ("read", ReadImages()),
+        ("preprocess", cnn_preprocessor(model_path)),
+        ("features", FeatureUnion([("cnn_score", OnnxCNNScore(model_path=str(model_path)))])),
+        ("classifier", DecisionClassifier(ScoreHead(), cv="given",
+                                          threshold_rule=threshold_rule)),
     ])
 
 

@@ -18,7 +18,6 @@ evaluation images by file content; used only when it covers all of them.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from xray_features.cnn import MODELS_DIR
 from xray_features.dataset import fold_of
 from xray_features.hashing import file_sha256
 
-from .metrics import choose_threshold
+from .metrics import DEFAULT_THRESHOLD_RULE, choose_threshold
 
 __all__ = ["OOF_DIR", "finetuned_baselines", "read_oof"]
 
@@ -44,19 +43,12 @@ def read_oof(path):
 def packaged_cnn_scores(model_path, paths):
     """P(pneumonia) of ``paths`` by a packaged CNN, preprocessed as its
     ``.preprocess.json`` says its training images were."""
-    from xray_features.cnn import OnnxCNNClassifier
-    from xray_features.preprocess import default_preprocessor
+    from xray_features.cnn import OnnxCNNScore
 
-    from .assemble import extract_preprocessed
+    from .assemble import cnn_preprocessor, extract_preprocessed
 
-    sidecar = Path(model_path).with_suffix(".preprocess.json")
-    if not sidecar.is_file():
-        raise FileNotFoundError(f"{sidecar} missing: a packaged CNN baseline must state how its "
-                                "training images were preprocessed")
-    spec = json.loads(sidecar.read_text())
-    images = extract_preprocessed(paths, default_preprocessor(crop=spec["lung_crop"],
-                                                              resize_mode=spec["resize_mode"]))
-    return OnnxCNNClassifier(model_path=str(model_path)).predict_proba(images)[:, 1]
+    images = extract_preprocessed(paths, cnn_preprocessor(model_path))
+    return OnnxCNNScore(model_path=str(model_path)).transform(images)[:, 0].astype(np.float64)
 
 
 def saved_eval_scores(table_path, paths):
@@ -77,9 +69,12 @@ def saved_eval_scores(table_path, paths):
 
 
 def finetuned_baselines(train, folds, eval_index=None, oof_dir=OOF_DIR, models_dir=MODELS_DIR,
-                        threshold_rule="youden"):
-    """Yield ``{"name", "oof", "threshold", "eval"}`` for each usable baseline;
-    its threshold is chosen from its out-of-fold predictions by ``threshold_rule``."""
+                        threshold_rule=DEFAULT_THRESHOLD_RULE):
+    """Yield ``{"name", "oof", "threshold", "eval", "model_path"}`` for each usable
+    baseline; its threshold is chosen from its out-of-fold predictions by
+    ``threshold_rule``. ``model_path`` is the packaged ONNX network (None when
+    only its predictions are kept: reported, but not deployable); ``eval``
+    holds its uncalibrated P(pneumonia) of ``eval_index``, or None."""
     if not Path(oof_dir).is_dir():
         return
     folds_of_train = list(fold_of(folds, len(train)))
@@ -95,9 +90,10 @@ def finetuned_baselines(train, folds, eval_index=None, oof_dir=OOF_DIR, models_d
         threshold = choose_threshold(train.labels, oof, threshold_rule)
         scores = None
         model_path = Path(models_dir) / f"{csv_path.stem}.onnx"
-        if eval_index is not None and model_path.is_file():
+        packaged = model_path.is_file()
+        if eval_index is not None and packaged:
             scores = packaged_cnn_scores(model_path, eval_index.paths)
         elif eval_index is not None:
             scores = saved_eval_scores(Path(oof_dir) / "site_val" / csv_path.name, eval_index.paths)
         yield {"name": f"baseline/{csv_path.stem}", "oof": oof, "threshold": threshold,
-               "eval": scores}
+               "eval": scores, "model_path": model_path if packaged else None}

@@ -11,13 +11,13 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import check_cv
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from .metrics import choose_threshold
+from .metrics import DEFAULT_THRESHOLD_RULE, choose_threshold
 
-__all__ = ["DecisionClassifier", "PlattCalibrator", "logit", "mean_logit", "prior_shift",
-           "prior_corrected"]
+__all__ = ["DecisionClassifier", "PlattCalibrator", "ScoreHead", "logit", "mean_logit",
+           "prior_shift", "prior_corrected"]
 
 _EPS = 1e-6
 
@@ -73,6 +73,57 @@ class PlattCalibrator(BaseEstimator):
         return self.model_.predict_proba(logit(proba)[:, None])[:, 1]
 
 
+class ScoreHead(ClassifierMixin, BaseEstimator):
+    """A head that learns nothing: its one input column already is P(pneumonia).
+
+    The head of a pure-CNN pipeline (``OnnxCNNScore -> DecisionClassifier(
+    ScoreHead())``): the network was trained elsewhere, so `DecisionClassifier`
+    takes its out-of-fold probabilities as given (``cv="given"``) and only
+    calibration and threshold are fitted here.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (2,)
+        ``[0, 1]``.
+    n_features_in_ : int
+        Always 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ScoreHead().fit(np.array([[0.2], [0.9]]), [0, 1]).predict_proba([[0.25]])
+    array([[0.75, 0.25]])
+    """
+
+    def fit(self, X, y=None):
+        """Check that ``X`` is one column of probabilities; nothing is learnt."""
+        X = self._check(X, reset=True)
+        if y is not None:
+            y = np.asarray(y)
+            if len(y) != len(X):
+                raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels")
+            if not np.isin(np.unique(y), [0, 1]).all():
+                raise ValueError("labels must be 0 (normal) or 1 (pneumonia)")
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def _check(self, X, reset=False):
+        X = validate_data(self, X, reset=reset, dtype=np.float64)
+        if X.shape[1] != 1:
+            raise ValueError(f"ScoreHead takes one column, P(pneumonia); got {X.shape[1]}")
+        return X
+
+    def predict_proba(self, X):
+        """(n, 2): 1 - p and p, with p the input column clipped to [0, 1]."""
+        check_is_fitted(self, "classes_")
+        p = np.clip(self._check(X)[:, 0], 0.0, 1.0)
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X):
+        """1 where P(pneumonia) >= 0.5."""
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+
 class DecisionClassifier(ClassifierMixin, BaseEstimator):
     """Fit ``estimator``, a calibration and a threshold, all without leakage.
 
@@ -85,12 +136,17 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     estimator : classifier with predict_proba
-    cv : int or list of (train, test) index arrays
+    cv : int, list of (train, test) index arrays, or "given"
+        ``"given"``: the out-of-fold probabilities come from elsewhere (a
+        CNN cross-fitted on a GPU) and are passed to `fit` as ``oof_proba``
+        with their ``oof_fold``; ``estimator`` is then only fitted on all
+        the data (for a `ScoreHead`, it learns nothing).
     calibration : {"sigmoid", None}
         Platt scaling of the out-of-fold probabilities, or none.
-    threshold_rule : str
-        ``"youden"`` (max sensitivity + specificity - 1), ``"0.5"``, or
-        ``"sensitivity:0.95"`` (highest threshold reaching that sensitivity).
+    threshold_rule : str, default=DEFAULT_THRESHOLD_RULE
+        ``"sensitivity:0.95"`` (the highest threshold reaching that
+        out-of-fold sensitivity; the default), ``"youden"`` (max sensitivity
+        + specificity - 1) or a number such as ``"0.5"``.
     n_jobs : int or None
         Threads for the fold fits and the final fit, which are independent
         (BLAS is held to one thread each meanwhile); None or 1: one at a time.
@@ -111,7 +167,8 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
     threshold_ : float
     """
 
-    def __init__(self, estimator, cv=5, calibration="sigmoid", threshold_rule="youden",
+    def __init__(self, estimator, cv=5, calibration="sigmoid",
+                 threshold_rule=DEFAULT_THRESHOLD_RULE,
                  n_jobs=None, n_views=1):
         self.estimator = estimator
         self.cv = cv
@@ -120,12 +177,21 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.n_views = n_views
 
-    def fit(self, X, y, X_aug=None, y_aug=None, aug_source=None):
+    def fit(self, X, y, X_aug=None, y_aug=None, aug_source=None, oof_proba=None,
+            oof_fold=None):
         """Fit on ``X, y``; augmented rows ``X_aug, y_aug`` (optional) join the
         training part of every fold that holds their source row
-        ``aug_source`` (an index into ``X``), and never a test part."""
+        ``aug_source`` (an index into ``X``), and never a test part.
+
+        With ``cv="given"``, ``oof_proba`` (the uncalibrated out-of-fold
+        P(pneumonia) of each row of ``X``) and optionally ``oof_fold`` (the
+        fold of each) replace the cross-fitting."""
         y = np.asarray(y)
         self.classes_ = np.array([0, 1])
+        if isinstance(self.cv, str) and self.cv == "given":
+            return self._fit_given(X, y, oof_proba, oof_fold)
+        if oof_proba is not None:
+            raise ValueError('oof_proba is only used with cv="given"')
         augment = _check_augment(len(y), X_aug, y_aug, aug_source)
         views = self._views(X)
         splits = list(check_cv(self.cv, y, classifier=True).split(views[0], y))
@@ -147,6 +213,24 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
         self.oof_proba_ = self._calibrate(raw)
         self.threshold_ = choose_threshold(y, self.oof_proba_, self.threshold_rule)
         self.estimator_ = fitted[-1]
+        return self
+
+    def _fit_given(self, X, y, oof_proba, oof_fold):
+        if oof_proba is None:
+            raise ValueError('cv="given" needs the out-of-fold probabilities: fit(..., oof_proba=)')
+        raw = np.asarray(oof_proba, dtype=np.float64)
+        if raw.shape != y.shape or not np.isfinite(raw).all() or raw.min() < 0 or raw.max() > 1:
+            raise ValueError(f"oof_proba must hold one finite probability in [0, 1] per label "
+                             f"({len(y)}); got shape {raw.shape}")
+        fold = np.full(len(y), -1) if oof_fold is None else np.asarray(oof_fold)
+        if fold.shape != y.shape:
+            raise ValueError(f"oof_fold has shape {fold.shape}, expected {y.shape}")
+        self.raw_oof_proba_ = raw
+        self.oof_fold_ = fold
+        self.calibrator_ = self._fit_calibrator(raw, y)
+        self.oof_proba_ = self._calibrate(raw)
+        self.threshold_ = choose_threshold(y, self.oof_proba_, self.threshold_rule)
+        self.estimator_ = clone(self.estimator).fit(X, y)
         return self
 
     def rethreshold(self, y, threshold_rule):

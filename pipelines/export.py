@@ -9,7 +9,8 @@ The folder holds ``head.onnx`` (the fitted head; logistic regression in
 float64, XGBoost in float32, as each library computes), ``model.json`` (the
 class and parameters of every preprocessing and feature step, the Platt
 calibration, the threshold, the training metadata and the sha256 of every
-other file) and, when the feature set uses ``cnn``, ``embedder.onnx``. Each
+other file) and, when the feature set uses ``cnn``, ``embedder.onnx`` (for a
+pure-CNN model, ``cnn.onnx``, and a head that passes its probability through). Each
 file is written atomically, ``model.json`` last. The exported head is checked
 against the fitted one before anything is written; ``--check INPUT ...``
 also compares both routes end to end on real images.
@@ -28,9 +29,9 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from xray_features.cache import CachedExtractor
-from xray_features.cnn import OnnxEmbedder, file_sha256
+from xray_features.cnn import OnnxCNNScore, OnnxEmbedder, file_sha256
 
-from .decision import DecisionClassifier
+from .decision import DecisionClassifier, ScoreHead
 from .multiclass import is_multiclass, three_class_refusal
 from .onnx_model import (EXPORT_FORMAT, MANIFEST, STEP_CLASSES, _is_plain, load_onnx_model,
                          platt)
@@ -72,7 +73,9 @@ def export_model(model, metadata, out_dir, check_paths=None):
             extractor = getattr(extractor, "extractor_", extractor.extractor)
         step = _step_spec("features", name, extractor)
         if isinstance(extractor, OnnxEmbedder):
-            step["params"].update(_copy_embedder(extractor, out_dir, files))
+            step["params"].update(_copy_network(extractor, out_dir, files, "embedder.onnx"))
+        elif isinstance(extractor, OnnxCNNScore):
+            step["params"].update(_copy_network(extractor, out_dir, files, "cnn.onnx"))
         spec_steps["features"].append(step)
 
     try:
@@ -157,19 +160,20 @@ def _jsonable(value):
                                  else str(v)))
 
 
-def _copy_embedder(embedder, out_dir, files):
-    source = embedder._resolved_path()
+def _copy_network(extractor, out_dir, files, name):
+    """Copy the ONNX file of ``extractor`` to ``out_dir / name`` (checked)."""
+    source = extractor._resolved_path()
     data = source.read_bytes()
     digest = file_sha256(source)
-    expected = embedder._expected_hash(source)
+    expected = extractor._expected_hash(source)
     if expected is not None and expected != digest:
         raise ExportError(f"{source}: sha256 {digest[:12]}... is not the expected "
-                          f"{expected[:12]}...; refusing to export a changed embedder")
-    atomic_write_bytes(out_dir / "embedder.onnx", data)
-    files["embedder.onnx"] = file_sha256(out_dir / "embedder.onnx")
-    if files["embedder.onnx"] != digest:
-        raise ExportError(f"{out_dir / 'embedder.onnx'}: copy differs from {source}")
-    return {"model_path": "embedder.onnx", "expected_sha256": digest}
+                          f"{expected[:12]}...; refusing to export a changed network")
+    atomic_write_bytes(out_dir / name, data)
+    files[name] = file_sha256(out_dir / name)
+    if files[name] != digest:
+        raise ExportError(f"{out_dir / name}: copy differs from {source}")
+    return {"model_path": name, "expected_sha256": digest}
 
 
 def _convert_head(head):
@@ -177,6 +181,8 @@ def _convert_head(head):
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    if isinstance(head, ScoreHead):
+        return _score_head_onnx(), {"kind": "score", "input_dtype": "float32", "n_features": 1}
     if (isinstance(head, Pipeline) and len(head.steps) == 2
             and isinstance(head.steps[0][1], StandardScaler)
             and isinstance(head.steps[1][1], LogisticRegression)):
@@ -202,7 +208,27 @@ def _convert_head(head):
         onx = convert_xgboost(head, initial_types=[("features", FloatTensorType([None, n]))])
         return onx.SerializeToString(), {"kind": "xgb", "input_dtype": "float32", "n_features": n}
     raise ExportError(f"cannot export head {type(head).__name__}: only "
-                      "Pipeline(StandardScaler, LogisticRegression) and XGBClassifier")
+                      "Pipeline(StandardScaler, LogisticRegression), XGBClassifier and ScoreHead")
+
+
+def _score_head_onnx():
+    """A `ScoreHead` as ONNX: one float32 column p -> ``probabilities`` [1 - p, p],
+    p clipped to [0, 1] (the network's probability passes through)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Clip", ["features", "zero", "one"], ["p"]),
+         helper.make_node("Sub", ["one", "p"], ["q"]),
+         helper.make_node("Concat", ["q", "p"], ["probabilities"], axis=1)],
+        "score_head",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+         helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                              producer_name="xray-hybrid")
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 def _check_head(head, onnx_bytes, head_spec, n_probe=256, seed=0):
@@ -219,7 +245,9 @@ def _check_head(head, onnx_bytes, head_spec, n_probe=256, seed=0):
         raise ExportError("the converted head has no 'probabilities' output")
     rng = np.random.default_rng(seed)
     shape = (n_probe, head_spec["n_features"])
-    if head_spec["kind"] == "logreg":
+    if head_spec["kind"] == "score":
+        probe = rng.random(shape).astype(np.float32)
+    elif head_spec["kind"] == "logreg":
         scaler = head.steps[0][1]
         probe = (scaler.mean_ + scaler.scale_ * rng.standard_normal(shape)).astype(np.float32)
     else:

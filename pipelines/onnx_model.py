@@ -7,7 +7,9 @@ An export folder (written by `pipelines.export`) holds:
   threshold, and the sha256 of every other file in the folder;
 - ``head.onnx``: the fitted head (raw P(pneumonia) in column 1 of its
   ``probabilities`` output);
-- ``embedder.onnx``: a copy of the CNN embedder, when the feature set uses it.
+- ``embedder.onnx``: a copy of the CNN embedder, when the feature set uses it;
+- ``cnn.onnx``: a copy of the network, for a pure-CNN model (its head then
+  passes the network's probability through).
 
 `load_onnx_model` checks every sha256 first, then rebuilds the steps from a
 whitelist of classes (anything else is refused) and returns an sklearn
@@ -25,7 +27,7 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import FeatureUnion, Pipeline
 
-from xray_features.cnn import OnnxEmbedder, onnx_session
+from xray_features.cnn import OnnxCNNScore, OnnxEmbedder, onnx_session
 from xray_features.io import ReadImages
 from xray_features.preprocess import CLAHE, LungCrop, Resize
 from xray_features.texture import HOGFeatures, LBPFeatures
@@ -44,7 +46,7 @@ STEP_CLASSES = {
     "read": {"ReadImages": ReadImages},
     "preprocess": {"CLAHE": CLAHE, "LungCrop": LungCrop, "Resize": Resize},
     "features": {"HOGFeatures": HOGFeatures, "LBPFeatures": LBPFeatures,
-                 "OnnxEmbedder": OnnxEmbedder},
+                 "OnnxEmbedder": OnnxEmbedder, "OnnxCNNScore": OnnxCNNScore},
 }
 
 
@@ -193,10 +195,10 @@ def _build(folder, spec, files):
     extractors = []
     for step in steps["features"]:
         extractor = _make("features", step)
-        if isinstance(extractor, OnnxEmbedder):
+        if isinstance(extractor, (OnnxEmbedder, OnnxCNNScore)):
             name = extractor.model_path
             if name not in files:
-                raise ValueError(f"embedder file {name!r} has no sha256 in the manifest")
+                raise ValueError(f"network file {name!r} has no sha256 in the manifest")
             extractor.set_params(model_path=str(_inside(folder, name)),
                                  expected_sha256=files[name])
         extractors.append((step["name"], extractor))

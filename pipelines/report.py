@@ -116,7 +116,11 @@ def _tables(results):
                                         "(AUC difference)"),
                        ("selected_vs_baselines", f"Paired comparison of the selected model, "
                         f"{results.get('selected')}, with each pure-CNN baseline "
-                        "(ΔAUC = selected - baseline)")):
+                        "(ΔAUC = selected - baseline)"),
+                       ("hybrid_vs_baselines", "Paired comparison of the best feature-set "
+                        f"model, {results.get('best_feature_set_model')}, with each pure-CNN "
+                        "baseline (ΔAUC = feature-set model - baseline; negative: the CNN "
+                        "wins)")):
         comparisons = results.get(key, {})
         if comparisons:
             rows = [[name, part, f"{c['diff']:+.4f}", f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]",
@@ -124,12 +128,38 @@ def _tables(results):
                     for name, parts in comparisons.items() for part, c in parts.items()]
             tables.append((title, ["model", "data", "ΔAUC", "95% CI (patient bootstrap)",
                                    "DeLong p", "bootstrap p", "verdict"], rows))
+    selection = results.get("selection")
+    if selection:
+        tables.append(_selection_table(selection))
     folds = results.get("per_fold", [])
     if folds:
         tables.append(("Per fold (AUC at each fold's held-out patients)",
                        ["model"] + [f"fold {k}" for k in range(len(folds[0]["auc"]))],
                        [[f["model"]] + [f"{v:.3f}" for v in f["auc"]] for f in folds]))
     return tables
+
+
+def _selection_table(selection):
+    """The selection rule's evidence, one row per candidate (the choice first)."""
+    rows = []
+    order = sorted(selection["evidence"], key=lambda n: n != selection["selected"])
+    for name in order:
+        e = selection["evidence"][name]
+        loss = e.get("auc_loss_vs_best")
+        reliance = e.get("shortcut_reliance")
+        rows.append([name + (" (selected)" if name == selection["selected"] else ""),
+                     f"{e['cv_auc']:.4f}",
+                     "best" if loss is None else f"[{loss['ci'][0]:+.4f}, {loss['ci'][1]:+.4f}]",
+                     "–" if not reliance else f"{reliance['normal']:+.3f} / "
+                     f"{reliance['pneumonia']:+.3f} / {reliance['mean']:+.3f}",
+                     str(e["passes"])])
+    rows += [[name, "–", "left out: " + why, "–", "–"]
+             for name, why in selection.get("left_out", {}).items()]
+    title = (f"How the model was chosen (training data only). {selection['rule']} Margins: "
+             f"CV AUC {selection['margin']}, shortcut reliance {selection['reliance_margin']}; "
+             f"original shapes known for {selection['native_shapes_known']} training images.")
+    return (title, ["candidate", "CV AUC", "AUC(best) - AUC, 95% CI",
+                    "shortcut reliance rho (NORMAL / PNEUMONIA / mean)", "feature passes"], rows)
 
 
 def _setup(results):

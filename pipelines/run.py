@@ -32,13 +32,15 @@ from xray_features.preprocess import default_preprocessor
 from xray_features.views import ViewFeatures, view_preprocessor, zoom_views
 
 from .assemble import (AUGMENTATIONS, DEFAULT_AUGMENT, HEADS, extract_features,
-                       extract_training_copies, make_feature_union, make_head, parse_feature_sets)
+                       extract_training_copies, make_cnn_pipeline, make_feature_union, make_head,
+                       parse_feature_sets)
 from .baselines import finetuned_baselines
 from .decision import DecisionClassifier
-from .metrics import auc, binary_metrics
+from .metrics import DEFAULT_THRESHOLD_RULE, auc, binary_metrics
 from .persist import save_model
 from .report import write_predictions, write_report
-from .selection import SELECTION_MARGIN, compare, evaluate, select_model
+from .selection import (RELIANCE_MARGIN, SELECTION_MARGIN, compare, evaluate, feature_passes,
+                        native_aspect_ratios, select_model, shortcut_reliance)
 
 PROBE = "baseline/cnn-probe"
 
@@ -81,9 +83,11 @@ def build_parser():
                         help="seed of the folds, the heads and the zoom copies")
     parser.add_argument("--limit", type=int, default=None,
                         help="use a stratified, patient-grouped subsample of about N images")
-    parser.add_argument("--threshold-rule", default="youden",
+    parser.add_argument("--threshold-rule", default=DEFAULT_THRESHOLD_RULE,
                         help="how the threshold is chosen from out-of-fold predictions: "
-                        "'youden', 'sensitivity:0.95' or a number")
+                        "'sensitivity:T' (the highest threshold keeping that share of "
+                        "PNEUMONIA films called PNEUMONIA; README, 'The operating point'), "
+                        "'youden' or a number")
     parser.add_argument("--lung-crop", action="store_true",
                         help="add LungCrop to the preprocessing (off by default: it lowered "
                         "site_val AUC, see experiments/site_val_log.md)")
@@ -162,6 +166,16 @@ def load_training_index(data_dir, limit=None, seed=0):
         _, keep = make_folds(index.labels, index.groups, n_splits=n_splits, seed=seed)[0]
         index = index.take(keep)
     return index
+
+
+def model_metadata(feature_set, head, classifier, args, result, train, **overrides):
+    """What a saved model records of how it was made (``pipelines.score`` and
+    the model card read it); ``overrides`` replace the run's settings."""
+    return {"feature_set": feature_set, "head": head, "threshold": classifier.threshold_,
+            "threshold_rule": args.threshold_rule, "cv": result["cv"],
+            "training_manifest_sha256": manifest_hash(train),
+            "n_training_images": len(train), "seed": args.seed,
+            "lung_crop": args.lung_crop, "augment": args.augment, "tta": args.tta, **overrides}
 
 
 def manifest_hash(index):
@@ -270,18 +284,30 @@ def main(argv=None):
                         clf.threshold_)
         if not args.no_save and not name.startswith("baseline/"):
             pipeline = _final_pipeline(fs, clf, preprocessor, args.n_jobs, views)
-            metadata = {"feature_set": fs, "head": head, "threshold": clf.threshold_,
-                        "threshold_rule": args.threshold_rule, "cv": result["cv"],
-                        "training_manifest_sha256": manifest_hash(train),
-                        "n_training_images": len(train), "seed": args.seed,
-                        "lung_crop": args.lung_crop, "augment": args.augment, "tta": args.tta}
             save_model(pipeline, out / "models" / f"{fs.replace('+', '_')}-{head}.joblib",
-                       metadata)
+                       model_metadata(fs, head, clf, args, result, train))
 
     for base in finetuned_baselines(train, folds, eval_index, threshold_rule=args.threshold_rule):
-        log(f"baseline {base['name']} (fine-tuned CNN, out-of-fold predictions)")
-        record(base["name"], {"features": "cnn-finetuned", "head": base["name"].split("/", 1)[1]},
-               base["oof"], base.get("eval"), base["threshold"])
+        name, network = base["name"], base["name"].split("/", 1)[1]
+        info = {"features": "cnn-finetuned", "head": network,
+                "deployable": base["model_path"] is not None}
+        if base["model_path"] is None:  # predictions only: compared, never chosen
+            log(f"baseline {name} (fine-tuned CNN, saved predictions only)")
+            record(name, info, base["oof"], base["eval"], base["threshold"])
+            continue
+        log(f"baseline {name} (packaged fine-tuned CNN: calibrated and saved like the others)")
+        pipeline = make_cnn_pipeline(base["model_path"].name, args.threshold_rule)
+        clf = pipeline.steps[-1][1].fit(base["oof"][:, None].astype(np.float32), y,
+                                        oof_proba=base["oof"], oof_fold=fold_of(folds, len(y)))
+        p_eval = None if base["eval"] is None else clf.predict_proba(base["eval"][:, None])[:, 1]
+        result = record(name, info, clf.oof_proba_, p_eval, clf.threshold_)
+        if not args.no_save:
+            preprocess = pipeline.named_steps["preprocess"]
+            save_model(pipeline, out / "models" / f"cnn-{network}.joblib",
+                       model_metadata(network, "score", clf, args, result, train,
+                                      lung_crop=any(n == "crop" for n, _ in preprocess.steps),
+                                      augment="its own training recipe (model card)",
+                                      tta=False, network=base["model_path"].name))
 
     def paired(model, reference):
         """`compare` on the CV predictions, and on the evaluation set when both have it."""
@@ -293,31 +319,36 @@ def main(argv=None):
         return out
 
     comparisons = {name: paired(name, PROBE) for name in models if name != PROBE}
-    selected, selection_tests = select_model(models, curves_cv, y, groups, args.n_boot,
-                                             args.seed, args.selection_margin)
-    # the selected model against every pure-CNN baseline
+    selection = choose(models, curves_cv, train, args)
+    selected = selection["selected"]
+    # the hybrid the feature-set models alone would give, kept beside the choice
+    hybrid = selection["best_feature_set_model"]
     against_baselines = {name: paired(selected, name) for name in models
-                         if name.startswith("baseline/")}
+                         if name.startswith("baseline/") and name != selected}
+    hybrid_vs_baselines = {name: paired(hybrid, name) for name in models
+                           if name.startswith("baseline/")}
     verdict = comparisons[selected]["cv"]["verdict"]
-    summary = (f"Selected as the simplest model whose CV AUC is within {args.selection_margin} "
-               f"of the best (non-inferiority, patient-level paired bootstrap; without looking "
-               f"at the evaluation set): "
-               f"{selected}, CV AUC {models[selected]['cv']['auc']:.3f} vs "
-               f"{models[PROBE]['cv']['auc']:.3f} for {PROBE}: {verdict} (patient-level "
-               f"paired bootstrap, DeLong p = {comparisons[selected]['cv']['delong_p']:.3g}).")
+    summary = (f"Selected by the training-data rule (README, 'How the default is chosen'; "
+               f"without looking at the evaluation set): {selected}, CV AUC "
+               f"{models[selected]['cv']['auc']:.3f} vs {models[PROBE]['cv']['auc']:.3f} for "
+               f"{PROBE}: {verdict} (patient-level paired bootstrap, DeLong p = "
+               f"{comparisons[selected]['cv']['delong_p']:.3g}).")
     if selected in curves_eval:
         ev = comparisons[selected]["eval"]
         summary += (f" On the evaluation set: AUC {models[selected]['eval']['auc']:.3f} vs "
                     f"{models[PROBE]['eval']['auc']:.3f}: {ev['verdict']} "
                     f"(DeLong p = {ev['delong_p']:.3g}).")
+    if hybrid != selected:
+        summary += f" The best feature-set model by the same rule is {hybrid}."
     results = {
         "command": "python -m pipelines.run " + " ".join(shlex.quote(a) for a in
                                                           (argv if argv is not None else sys.argv[1:])),
         "data": str(args.data), "eval_dir": args.eval_dir, "n_train": len(train),
         "cv_folds": args.cv, "seed": args.seed, "threshold_rule": args.threshold_rule,
         "augment": args.augment, "tta": args.tta,
-        "baseline": PROBE, "selected": selected, "selection_tests": selection_tests,
-        "selected_vs_baselines": against_baselines,
+        "baseline": PROBE, "selected": selected, "selection": selection,
+        "selection_tests": selection["tests"], "selected_vs_baselines": against_baselines,
+        "best_feature_set_model": hybrid, "hybrid_vs_baselines": hybrid_vs_baselines,
         "summary": summary, "models": models,
         "comparisons": comparisons, "per_fold": per_fold,
         "wall_time_s": None,
@@ -334,6 +365,52 @@ def main(argv=None):
     print(summary)
     print(f"report: {out / 'report.html'}  ({results['wall_time_s']} s)")
     return 0
+
+
+SELECTION_RULE = (
+    "Candidates: every model this run can save (feature-set models and packaged CNNs whose "
+    "out-of-fold predictions come from these folds). 1) CV: keep those whose CV AUC is "
+    "non-inferior to the best candidate's within the selection margin (upper end of the 95% CI "
+    "of the paired patient-bootstrap difference). 2) Shift: where the original image shapes "
+    "are known (the native subset beside the data), keep those whose shortcut reliance (mean "
+    "within-class Spearman rho between the out-of-fold logit and the original width/height) "
+    "is within the reliance margin of the least. 3) The cheapest to score (fewest feature "
+    "passes), then the highest CV AUC.")
+
+
+def choose(models, curves_cv, train, args):
+    """Apply `SELECTION_RULE` to the run's models; returns what metrics.json
+    records of it: the rule, each candidate's evidence, who was left out and why,
+    and the choice (``"selected"``), plus the model the same rule picks among
+    the feature-set models alone (``"best_feature_set_model"``)."""
+    y, groups = train.labels, train.groups
+    for name, info in models.items():
+        info["candidate"] = info.get("deployable", True) and name != PROBE
+    left_out = {name: ("a packaged CNN's predictions without its network: compared, not "
+                       "deployable" if name != PROBE else "the same model as cnn/logreg")
+                for name, info in models.items() if not info["candidate"]}
+    aspect = native_aspect_ratios(train)
+    reliance = {}
+    if aspect is not None:
+        reliance = {name: shortcut_reliance(y, curves_cv[name], aspect)
+                    for name, info in models.items() if info["candidate"]}
+    rule = dict(margin=args.selection_margin, reliance_margin=RELIANCE_MARGIN)
+    figures = {name: r["mean"] for name, r in reliance.items()}
+    selected, tests = select_model(models, curves_cv, y, groups, args.n_boot, args.seed,
+                                   reliance=figures, **rule)
+    feature_sets = {name: info for name, info in models.items()
+                    if info["candidate"] and not name.startswith("baseline/")}
+    hybrid = select_model(feature_sets, curves_cv, y, groups, args.n_boot, args.seed,
+                          reliance=figures, **rule)[0] if feature_sets else selected
+    evidence = {name: {"cv_auc": models[name]["cv"]["auc"], "passes":
+                       feature_passes(models[name]["features"]),
+                       "shortcut_reliance": reliance.get(name),
+                       "auc_loss_vs_best": tests.get(name)}
+                for name, info in models.items() if info["candidate"]}
+    return {"rule": SELECTION_RULE, **rule, "native_shapes_known": int(np.isfinite(
+                aspect).sum()) if aspect is not None else 0,
+            "evidence": evidence, "left_out": left_out, "selected": selected,
+            "best_feature_set_model": hybrid, "tests": tests}
 
 
 def _stack(feature_set, view_features):

@@ -44,7 +44,7 @@ def test_out_of_fold_predictions_come_from_models_that_never_saw_them():
 def test_threshold_is_youden_on_calibrated_oof_and_predict_uses_it():
     X, y, groups = _toy()
     folds = make_folds(y, groups, n_splits=4, seed=0)
-    clf = DecisionClassifier(LogisticRegression(), cv=folds).fit(X, y)
+    clf = DecisionClassifier(LogisticRegression(), cv=folds, threshold_rule="youden").fit(X, y)
     assert clf.threshold_ == pytest.approx(youden_threshold(y, clf.oof_proba_))
     p = clf.predict_proba(X)[:, 1]
     np.testing.assert_array_equal(clf.predict(X), (p >= clf.threshold_).astype(int))
@@ -65,7 +65,7 @@ def test_rethreshold_equals_fitting_with_that_rule_and_keeps_the_models():
     folds = make_folds(y, groups, n_splits=4, seed=0)
     direct = DecisionClassifier(LogisticRegression(), cv=folds,
                                 threshold_rule="sensitivity:0.95").fit(X, y)
-    clf = DecisionClassifier(LogisticRegression(), cv=folds).fit(X, y)
+    clf = DecisionClassifier(LogisticRegression(), cv=folds, threshold_rule="youden").fit(X, y)
     coef = clf.estimator_.coef_.copy()
     assert clf.threshold_ != direct.threshold_  # youden, before
     assert clf.rethreshold(y, "sensitivity:0.95") is clf
@@ -84,7 +84,7 @@ def test_full_pipeline_clones_and_pickles(tmp_path):
         labels += [0, 1]
     pipeline = make_pipeline("hog+lbp", "logreg", cv=3)
     twin = clone(pipeline)
-    assert twin.get_params()["classifier__threshold_rule"] == "youden"
+    assert twin.get_params()["classifier__threshold_rule"] == "sensitivity:0.95"
     pipeline.fit(paths, labels)
     restored = pickle.loads(pickle.dumps(pipeline))
     np.testing.assert_array_equal(restored.predict_proba(paths), pipeline.predict_proba(paths))
@@ -123,3 +123,15 @@ def test_augmented_rows_train_only_the_folds_that_hold_their_source():
     with pytest.raises(ValueError, match="index rows"):
         DecisionClassifier(LogisticRegression(), cv=folds).fit(
             X, y, X_aug=X_aug, y_aug=y_aug, aug_source=source + len(y))
+
+
+def test_default_threshold_keeps_95_percent_of_out_of_fold_pneumonia():
+    X, y, groups = _toy()
+    folds = make_folds(y, groups, n_splits=4, seed=0)
+    clf = DecisionClassifier(LogisticRegression(), cv=folds).fit(X, y)
+    assert clf.threshold_rule == "sensitivity:0.95"
+    positives = clf.oof_proba_[y == 1]
+    assert np.mean(positives >= clf.threshold_) >= 0.95
+    # the highest such threshold: the next positive score up leaves fewer than 95 %
+    above = positives[positives > clf.threshold_]
+    assert len(above) and np.mean(positives >= above.min()) < 0.95

@@ -117,7 +117,10 @@ class _OnnxModelMixin:
 
     def _resolved_path(self):
         if self.model_path is not None:
-            return Path(os.fspath(self.model_path))
+            path = Path(os.fspath(self.model_path))
+            if str(path) in PACKAGED_SHA256:  # a packaged model named by its file name alone
+                return MODELS_DIR / path
+            return path
         if self._default_model is None:
             raise ValueError(f"{type(self).__name__} needs a model_path")
         return MODELS_DIR / self._default_model
@@ -307,8 +310,9 @@ class OnnxCNNScore(_OnnxModelMixin, ImageTransformerMixin):
     Parameters
     ----------
     model_path : path, optional
-        The ONNX classifier; None uses the packaged default CNN
-        (`DEFAULT_CLASSIFIER`).
+        The ONNX classifier; a packaged model's bare file name (a key of
+        `PACKAGED_SHA256`) resolves in `MODELS_DIR` wherever the package is
+        installed; None uses the packaged default CNN (`DEFAULT_CLASSIFIER`).
     output_name : str, optional
         Probability output; None picks one named ``probability`` /
         ``probabilities``, else the first output.
