@@ -39,7 +39,8 @@ from .multiclass import (MultiClassDecision, decide, make_multiclass_head, pneum
 from .persist import atomic_write_bytes, save_model
 from .report import (_SHOWN, _fmt, _html, _markdown, _metric_rows, _save, plot_roc, plt,
                      write_predictions)
-from .run import PROBE, _final_pipeline, _stack, library_versions, load_training_index, manifest_hash
+from .run import (PROBE, _final_pipeline, _stack, build_parser, library_versions,
+                  load_training_index, manifest_hash)
 from .selection import compare, evaluate, select_model
 
 __all__ = ["CLASSES", "KERMANY_2018", "fit_multiclass", "three_class_metrics", "run_subtype",
@@ -113,7 +114,7 @@ def _check_args(args):
     """A clear error line for what the three-class run cannot do, or None."""
     if args.tta:
         return "--tta is not supported with --task subtype"
-    if args.threshold_rule != "youden":
+    if args.threshold_rule != build_parser().get_default("threshold_rule"):
         return ("--threshold-rule is for --task pneumonia; --task subtype chooses both "
                 "of its thresholds by Youden's J (see README, three-class mode)")
     if not Path(args.data).is_dir():

@@ -102,9 +102,12 @@ def test_saved_model_is_a_three_class_pipeline(subtype_run):
     assert set(model.predict(list(test.paths))) <= set(CLASSES)
 
 
-def test_subtype_refuses_tta(tmp_path, capsys):
+def test_subtype_refuses_tta_and_a_threshold_rule(tmp_path, capsys):
     assert run.main(["--task", "subtype", "--tta", "--data", str(tmp_path), "--quiet"]) == 2
     assert "--tta" in capsys.readouterr().err
+    assert run.main(["--task", "subtype", "--threshold-rule", "0.5", "--data", str(tmp_path),
+                     "--quiet"]) == 2
+    assert "--threshold-rule" in capsys.readouterr().err
 
 
 def test_calibrate_and_export_refuse_a_three_class_model(subtype_run, tmp_path, capsys):
