@@ -2,16 +2,18 @@
 multi-class head whose probabilities are calibrated, and turned into a class,
 from out-of-fold training predictions only.
 
-The decision rule (``decision="youden"``, the default) is hierarchical, the
-binary model's rule and then one more of the same kind:
+The decision rule (``decision="thresholds"``, the default) is hierarchical,
+the binary model's rule and then one more threshold:
 
 1. PNEUMONIA when P(pneumonia) = 1 - P(first class) reaches ``threshold_``,
-   chosen by Youden's J on the out-of-fold probabilities (NORMAL vs the rest),
-   as `pipelines.decision.DecisionClassifier` chooses its threshold;
+   chosen by ``threshold_rule`` on the out-of-fold probabilities (NORMAL vs
+   the rest), as `pipelines.decision.DecisionClassifier` chooses its threshold
+   (same rules, same default);
 2. among those, the last class (VIRAL) when P(last | not first) =
    P(last) / (1 - P(first)) reaches ``subtype_threshold_``, chosen by Youden's J
-   on the out-of-fold probabilities of the training images of the other
-   classes (BACTERIAL vs VIRAL), else the middle class.
+   (sensitivity and specificity weighed alike) on the out-of-fold
+   probabilities of the training images of the other classes (BACTERIAL vs
+   VIRAL), else the middle class.
 
 ``decision="argmax"`` takes the most probable class instead. With more than
 three classes, step 2 is the argmax among the classes after the first.
@@ -31,13 +33,13 @@ from threadpoolctl import threadpool_limits
 
 from .assemble import make_head
 from .decision import _check_augment, _fit_one
-from .metrics import choose_threshold
+from .metrics import DEFAULT_THRESHOLD_RULE, choose_threshold
 
 __all__ = ["MultiClassDecision", "TemperatureScaler", "make_multiclass_head", "decide",
            "pneumonia_proba", "subtype_proba", "is_multiclass", "three_class_refusal", "score_rows",
            "score_columns", "DECISIONS"]
 
-DECISIONS = ("youden", "argmax")
+DECISIONS = ("thresholds", "argmax")
 _EPS = 1e-7
 
 
@@ -99,12 +101,12 @@ def subtype_proba(proba):
     return proba[:, -1] / np.clip(1 - proba[:, 0], _EPS, None)
 
 
-def decide(proba, threshold, subtype_threshold, rule="youden"):
+def decide(proba, threshold, subtype_threshold, rule="thresholds"):
     """Class indices from probabilities ``proba`` (n, k) by ``rule`` (see the module docstring)."""
     proba = np.asarray(proba)
     if rule == "argmax":
         return proba.argmax(axis=1)
-    if rule != "youden":
+    if rule != "thresholds":
         raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {rule!r}")
     rest = 1 + proba[:, 1:].argmax(axis=1)
     if proba.shape[1] == 3:
@@ -112,11 +114,12 @@ def decide(proba, threshold, subtype_threshold, rule="youden"):
     return np.where(pneumonia_proba(proba) >= threshold, rest, 0)
 
 
-def _fit_thresholds(proba, y, rule):
-    """``(threshold, subtype_threshold)`` of `decide` from out-of-fold ``proba`` and class indices ``y``."""
+def _fit_thresholds(proba, y, rule, threshold_rule):
+    """``(threshold, subtype_threshold)`` of `decide` from out-of-fold ``proba``
+    and class indices ``y``; ``threshold_rule`` chooses the first."""
     if rule == "argmax":
         return float("nan"), float("nan")
-    threshold = choose_threshold(y != 0, pneumonia_proba(proba), "youden")
+    threshold = choose_threshold(y != 0, pneumonia_proba(proba), threshold_rule)
     subtype_threshold = float("nan")
     if proba.shape[1] == 3 and (y == 1).any() and (y == 2).any():
         rest = y != 0
@@ -144,8 +147,11 @@ class MultiClassDecision(ClassifierMixin, BaseEstimator):
         class of the decision rule. None: the sorted labels of ``y``.
     calibration : {"temperature", None}
         Temperature scaling of the out-of-fold probabilities, or none.
-    decision : {"youden", "argmax"}
+    decision : {"thresholds", "argmax"}
         How probabilities become a class (see the module docstring).
+    threshold_rule : str, default=DEFAULT_THRESHOLD_RULE
+        How ``threshold_`` is chosen (`pipelines.metrics.choose_threshold`):
+        ``"sensitivity:0.95"``, ``"youden"`` or a number.
     n_jobs : int or None
         Threads for the fold fits and the final fit (BLAS held to one thread
         each meanwhile); None or 1: one at a time.
@@ -166,12 +172,13 @@ class MultiClassDecision(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, estimator, cv=5, classes=None, calibration="temperature",
-                 decision="youden", n_jobs=None):
+                 decision="thresholds", threshold_rule=DEFAULT_THRESHOLD_RULE, n_jobs=None):
         self.estimator = estimator
         self.cv = cv
         self.classes = classes
         self.calibration = calibration
         self.decision = decision
+        self.threshold_rule = threshold_rule
         self.n_jobs = n_jobs
 
     def fit(self, X, y, X_aug=None, y_aug=None, aug_source=None):
@@ -210,8 +217,8 @@ class MultiClassDecision(ClassifierMixin, BaseEstimator):
         self.calibrator_ = (None if self.calibration is None
                             else TemperatureScaler().fit(raw, codes))
         self.oof_proba_ = self._calibrate(raw)
-        self.threshold_, self.subtype_threshold_ = _fit_thresholds(self.oof_proba_, codes,
-                                                                   self.decision)
+        self.threshold_, self.subtype_threshold_ = _fit_thresholds(
+            self.oof_proba_, codes, self.decision, self.threshold_rule)
         self.estimator_ = fitted[-1]
         return self
 

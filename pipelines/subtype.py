@@ -39,8 +39,8 @@ from .multiclass import (MultiClassDecision, decide, make_multiclass_head, pneum
 from .persist import atomic_write_bytes, save_model
 from .report import (_SHOWN, _fmt, _html, _markdown, _metric_rows, _save, plot_roc, plt,
                      write_predictions)
-from .run import (PROBE, _final_pipeline, _stack, build_parser, library_versions,
-                  load_training_index, manifest_hash)
+from .run import (PROBE, _final_pipeline, _stack, library_versions, load_training_index,
+                  manifest_hash)
 from .selection import compare, evaluate, select_model
 
 __all__ = ["CLASSES", "KERMANY_2018", "fit_multiclass", "three_class_metrics", "run_subtype",
@@ -51,11 +51,13 @@ CLASSES = tuple(SUBTYPES)  # NORMAL, BACTERIAL, VIRAL: the column order everywhe
 KERMANY_2018 = {"accuracy": 0.907, "sensitivity": 0.886, "specificity": 0.909}
 
 
-def fit_multiclass(head, folds, X, y, augment, versions, n_jobs=None):
+def fit_multiclass(head, folds, X, y, augment, versions, threshold_rule, n_jobs=None):
     """`MultiClassDecision` over ``head`` fitted on ``X, y`` (class names,
-    `CLASSES`) and ``augment``: a plain function, cached by `joblib.Memory`
-    like `pipelines.run.fit_decision` (``versions`` is only part of the key)."""
-    clf = MultiClassDecision(head, cv=folds, classes=CLASSES, n_jobs=n_jobs)
+    `CLASSES`) and ``augment``, its NORMAL-vs-PNEUMONIA threshold chosen by
+    ``threshold_rule``: a plain function, cached by `joblib.Memory` like
+    `pipelines.run.fit_decision` (``versions`` is only part of the key)."""
+    clf = MultiClassDecision(head, cv=folds, classes=CLASSES, threshold_rule=threshold_rule,
+                             n_jobs=n_jobs)
     return clf.fit(X, y, **augment)
 
 
@@ -66,7 +68,7 @@ def subtype_versions():
 
 
 def three_class_metrics(codes, proba, groups, threshold, subtype_threshold, n_boot=1000, seed=0,
-                        decision="youden"):
+                        decision="thresholds"):
     """The figures of three-class probabilities ``proba`` against class indices ``codes``.
 
     ``auc_per_class`` (one vs rest) and their mean ``macro_auc``; the 3x3
@@ -114,9 +116,6 @@ def _check_args(args):
     """A clear error line for what the three-class run cannot do, or None."""
     if args.tta:
         return "--tta is not supported with --task subtype"
-    if args.threshold_rule != build_parser().get_default("threshold_rule"):
-        return ("--threshold-rule is for --task pneumonia; --task subtype chooses both "
-                "of its thresholds by Youden's J (see README, three-class mode)")
     if not Path(args.data).is_dir():
         return f"training data not found at {args.data!r}. Pass --data DIR or set XRAY_DATA."
     if args.eval_dir and not Path(args.eval_dir).is_dir():
@@ -187,7 +186,7 @@ def run_subtype(args, argv=None):
                        "y_aug": np.tile(y, len(copies)),
                        "aug_source": np.tile(np.arange(len(y)), len(copies))}
         fit_args = (make_multiclass_head(head, args.seed), folds, _stack(fs, [features]), y,
-                    augment, versions)
+                    augment, versions, args.threshold_rule)
         if fit is not fit_multiclass and fit.check_call_in_cache(*fit_args):
             log("  fitted models found in the cache")
         clf = fit(*fit_args, n_jobs=args.n_jobs)
@@ -209,6 +208,7 @@ def run_subtype(args, argv=None):
         if not args.no_save and not name.startswith("baseline/"):
             metadata = {"task": "subtype", "classes": list(CLASSES), "feature_set": fs,
                         "head": head, "threshold": clf.threshold_,
+                        "threshold_rule": args.threshold_rule,
                         "subtype_threshold": clf.subtype_threshold_, "decision": clf.decision,
                         "cv": result["cv"], "training_manifest_sha256": manifest_hash(train),
                         "n_training_images": len(train), "seed": args.seed,
@@ -237,8 +237,9 @@ def run_subtype(args, argv=None):
         "eval_counts": eval_index.subtype_counts() if eval_index is not None else None,
         "unknown_subtype_left_out": left_out,
         "cv_folds": args.cv, "seed": args.seed,
-        "threshold_rule": "youden (P(pneumonia)), then youden (P(viral | pneumonia))",
-        "decision": "youden", "augment": args.augment, "tta": False, "baseline": PROBE,
+        "threshold_rule": f"{args.threshold_rule} (P(pneumonia)), then youden "
+                          "(P(viral | pneumonia))",
+        "decision": "thresholds", "augment": args.augment, "tta": False, "baseline": PROBE,
         "selected": selected, "selection_figure": "cv bacterial_vs_viral auc",
         "selection_tests": selection_tests, "comparisons": comparisons,
         "kermany_2018": KERMANY_2018, "models": models,

@@ -6,6 +6,7 @@ from sklearn.base import clone
 from sklearn.datasets import make_classification
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from pipelines.metrics import youden_threshold
 from pipelines.multiclass import (MultiClassDecision, TemperatureScaler, decide,
                                   make_multiclass_head, pneumonia_proba, subtype_proba)
 from xray_features.dataset import make_folds
@@ -15,11 +16,11 @@ HEADS = [MultiClassDecision(make_multiclass_head("logreg"), cv=3),
          MultiClassDecision(make_multiclass_head("logreg"), cv=3, calibration=None)]
 
 
-_THRESHOLDS = "predict applies the Youden thresholds, not the argmax of predict_proba, by design"
+_THRESHOLDS = "predict applies the fitted thresholds, not the argmax of predict_proba, by design"
 
 
 def _expected(estimator):
-    if estimator.decision == "youden":
+    if estimator.decision == "thresholds":
         return {"check_classifiers_train": _THRESHOLDS}
     return {}
 
@@ -57,6 +58,22 @@ def test_classes_in_the_given_order_and_out_of_fold_probabilities(head):
     assert 0 < clf.threshold_ < 1 and 0 < clf.subtype_threshold_ < 1
     assert np.mean(clf.predict(X) == y) > 0.8
     assert set(clf.predict(X)) <= set(classes)
+
+
+@pytest.mark.parametrize("rule", ["sensitivity:0.95", "youden"])
+def test_first_threshold_follows_the_threshold_rule_second_is_youden(rule):
+    X, y, _ = _three_class_data(300, seed=1)
+    clf = MultiClassDecision(make_multiclass_head("logreg"), cv=3,
+                             classes=("NORMAL", "BACTERIAL", "VIRAL"), threshold_rule=rule)
+    clf.fit(X, y)
+    pneumonia = y != "NORMAL"
+    p_pneumonia = pneumonia_proba(clf.oof_proba_)
+    if rule == "youden":
+        assert clf.threshold_ == youden_threshold(pneumonia, p_pneumonia)
+    else:
+        assert np.mean(p_pneumonia[pneumonia] >= clf.threshold_) >= 0.95
+    assert clf.subtype_threshold_ == youden_threshold(
+        y[pneumonia] == "VIRAL", subtype_proba(clf.oof_proba_[pneumonia]))
 
 
 def test_unknown_label_is_a_clear_error():

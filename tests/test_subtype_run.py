@@ -67,6 +67,7 @@ def test_metrics_json_contract(subtype_run):
             assert model[part]["normal_vs_pneumonia"]["n"] == n
             assert np.sum(model[part]["confusion"]) == n
             assert set(model[part]["auc_per_class"]) == set(CLASSES)
+    assert results["threshold_rule"].startswith(run.build_parser().get_default("threshold_rule"))
     assert results["selected"] in results["models"]
     assert not results["selected"].startswith("baseline/")
     assert results["models"]["hog/logreg"]["cv"]["macro_auc"] > 0.9
@@ -102,12 +103,9 @@ def test_saved_model_is_a_three_class_pipeline(subtype_run):
     assert set(model.predict(list(test.paths))) <= set(CLASSES)
 
 
-def test_subtype_refuses_tta_and_a_threshold_rule(tmp_path, capsys):
+def test_subtype_refuses_tta(tmp_path, capsys):
     assert run.main(["--task", "subtype", "--tta", "--data", str(tmp_path), "--quiet"]) == 2
     assert "--tta" in capsys.readouterr().err
-    assert run.main(["--task", "subtype", "--threshold-rule", "0.5", "--data", str(tmp_path),
-                     "--quiet"]) == 2
-    assert "--threshold-rule" in capsys.readouterr().err
 
 
 def test_calibrate_and_export_refuse_a_three_class_model(subtype_run, tmp_path, capsys):
