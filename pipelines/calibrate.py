@@ -32,6 +32,7 @@ from xray_features.dataset import index_dataset
 
 from .decision import PlattCalibrator, prior_corrected, prior_shift
 from .metrics import binary_metrics, choose_threshold, quantile_threshold
+from .multiclass import is_multiclass, three_class_refusal
 from .persist import ModelFileError, load_model, save_model
 from .score import DEFAULT_MODEL, expand_inputs, probabilities_of
 
@@ -139,6 +140,8 @@ def main(argv=None):
         return 2
     try:
         model, metadata = load_model(args.model)
+        if is_multiclass(model):
+            raise ValueError(three_class_refusal("pipelines.calibrate"))
         if args.prevalence is not None:
             return _write_prevalence_adjusted(model, metadata, args)
         site = index_dataset(args.labelled_dir)

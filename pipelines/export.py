@@ -32,6 +32,7 @@ from xray_features.cache import CachedExtractor
 from xray_features.cnn import OnnxCNNScore, OnnxEmbedder, file_sha256
 
 from .decision import DecisionClassifier, ScoreHead
+from .multiclass import is_multiclass, three_class_refusal
 from .onnx_model import (EXPORT_FORMAT, MANIFEST, STEP_CLASSES, _is_plain, load_onnx_model,
                          platt)
 from .persist import ModelFileError, atomic_write_bytes, load_model, package_versions
@@ -291,6 +292,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         model, metadata = load_model(args.model)
+        if is_multiclass(model):
+            raise ExportError(three_class_refusal("pipelines.export"))
         check = None
         if args.check:
             from .score import expand_inputs

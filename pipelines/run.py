@@ -62,6 +62,9 @@ def build_parser():
         "(predictions_cv.csv, out of fold; predictions_eval.csv) and the fitted models to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--task", choices=("pneumonia", "subtype"), default="pneumonia",
+                        help="'pneumonia': NORMAL vs PNEUMONIA; 'subtype': three classes, NORMAL "
+                        "/ BACTERIAL / VIRAL (pipelines/subtype.py)")
     parser.add_argument("--features", default="hog,cnn,hog+cnn",
                         help="comma-separated feature sets; each is '+'-joined extractors "
                         "from hog, lbp, cnn, cnn160 (the CNN at 160 px, a faster path) "
@@ -182,6 +185,9 @@ def manifest_hash(index):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.task == "subtype":
+        from .subtype import run_subtype
+        return run_subtype(args, argv)
     started = time.perf_counter()
     try:
         feature_sets = parse_feature_sets(args.features)

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from xray_features.cnn import MODELS_DIR
 from xray_features.io import read_xray
 
+from .multiclass import is_multiclass, score_rows
 from .onnx_model import MANIFEST, load_onnx_model
 from .persist import ModelFileError, atomic_write_bytes, load_model, sha256_of
 
@@ -88,9 +89,11 @@ def _ok_row(path, probability, threshold):
             "label": str(label), "status": "ok", "error": ""}
 
 
-def probabilities_of(model, paths):
+def probabilities_of(model, paths, all_classes=False):
     """The PNEUMONIA probability of each path (None where it failed) and
-    ``{index: error message}`` for the failures; never raises for a bad image."""
+    ``{index: error message}`` for the failures; never raises for a bad image.
+    With ``all_classes``, each probability is the row of every class's."""
+    pick = (lambda row: row) if all_classes else (lambda row: float(row[1]))
     reader = model.steps[0][1]
     rest = model[1:]
     found, errors, images, where = [None] * len(paths), {}, [], []
@@ -102,12 +105,12 @@ def probabilities_of(model, paths):
             errors[i] = str(exc)
     if images:
         try:
-            for i, probability in zip(where, rest.predict_proba(images)[:, 1]):
-                found[i] = float(probability)
+            for i, row in zip(where, rest.predict_proba(images)):
+                found[i] = pick(row)
         except Exception:  # isolate the image that breaks the batch
             for i, image in zip(where, images):
                 try:
-                    found[i] = float(rest.predict_proba([image])[0, 1])
+                    found[i] = pick(rest.predict_proba([image])[0])
                 except Exception as exc:
                     errors[i] = f"{paths[i]}: scoring failed: {exc}"
     return found, errors
@@ -115,7 +118,10 @@ def probabilities_of(model, paths):
 
 def score_paths(model, paths):
     """Score one batch of paths; returns one row dict per path, never raises
-    for a bad image."""
+    for a bad image. A three-class model's rows have other columns
+    (`pipelines.multiclass.score_rows`)."""
+    if is_multiclass(model):
+        return score_rows(model, paths)
     threshold = model.steps[-1][1].threshold_
     found, errors = probabilities_of(model, paths)
     return [_error_row(path, errors[i]) if i in errors else _ok_row(path, found[i], threshold)
@@ -124,7 +130,8 @@ def score_paths(model, paths):
 
 def _csv_bytes(rows):
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else COLUMNS,
+                            lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue().encode("utf-8")
