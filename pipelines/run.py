@@ -39,10 +39,12 @@ from .decision import DecisionClassifier
 from .metrics import DEFAULT_THRESHOLD_RULE, auc, binary_metrics
 from .persist import save_model
 from .report import write_predictions, write_report
+from .logs import ensure_handler, get_logger, progress_enabled
 from .selection import (RELIANCE_MARGIN, SELECTION_MARGIN, compare, evaluate, feature_passes,
                         native_aspect_ratios, select_model, shortcut_reliance)
 
 PROBE = "baseline/cnn-probe"
+_log = get_logger("run")
 
 
 def default_data_dir():
@@ -205,13 +207,14 @@ def main(argv=None):
         print(f"error: --eval-dir {args.eval_dir!r} is not a folder", file=sys.stderr)
         return 2
     cache_dir = None if args.cache_dir.lower() == "none" else args.cache_dir
-    progress = not args.quiet
+    progress = progress_enabled(args.quiet)
     out = Path(args.out)
 
     train = load_training_index(args.data, args.limit, args.seed)
     y, groups = train.labels, train.groups
     folds = make_folds(y, groups, n_splits=args.cv, seed=args.seed)
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    ensure_handler()
+    log = (lambda *a: None) if args.quiet else (lambda *a: _log.info(" ".join(map(str, a))))
     log(f"training images: {train.summary()}")
 
     extractors = sorted({name for fs in feature_sets for name in fs.split("+")} | {"cnn"})
@@ -266,11 +269,7 @@ def main(argv=None):
     for name, fs, head in specs:
         log(f"fitting {name} ({args.cv}-fold CV + final fit)")
         X = _stack(fs, features)
-        augment = {}
-        if copies:
-            augment = {"X_aug": np.vstack([_stack(fs, [c]) for c in copies]),
-                       "y_aug": np.tile(y, len(copies)),
-                       "aug_source": np.tile(np.arange(len(y)), len(copies))}
+        augment = training_augment(fs, copies, y)
         fit_args = (make_head(head, args.seed), folds, X, y, augment, versions)
         fit_kwargs = {"n_views": 1 + len(views)} if views else {}
         if fit is not fit_decision and fit.check_call_in_cache(*fit_args, **fit_kwargs):
@@ -411,6 +410,19 @@ def choose(models, curves_cv, train, args):
                 aspect).sum()) if aspect is not None else 0,
             "evidence": evidence, "left_out": left_out, "selected": selected,
             "best_feature_set_model": hybrid, "tests": tests}
+
+
+def training_augment(feature_set, copies, y):
+    """`DecisionClassifier.fit`'s keyword arguments for the training copies:
+    ``X_aug`` (each copy set's features of ``feature_set``, stacked), ``y_aug``
+    and ``aug_source`` (the row of ``y`` each copy was made from); ``{}`` when
+    ``copies`` (from `extract_training_copies`) is empty."""
+    if not copies:
+        return {}
+    y = np.asarray(y)
+    return {"X_aug": np.vstack([_stack(feature_set, [c]) for c in copies]),
+            "y_aug": np.tile(y, len(copies)),
+            "aug_source": np.tile(np.arange(len(y)), len(copies))}
 
 
 def _stack(feature_set, view_features):

@@ -41,11 +41,13 @@ from .report import (_SHOWN, _fmt, _html, _markdown, _metric_rows, _save, plot_r
                      write_predictions)
 from .run import (PROBE, _final_pipeline, _stack, library_versions, load_training_index,
                   manifest_hash)
+from .logs import ensure_handler, get_logger, progress_enabled
 from .selection import compare, evaluate, select_model
 
 __all__ = ["CLASSES", "KERMANY_2018", "fit_multiclass", "three_class_metrics", "run_subtype",
            "write_subtype_report", "plot_confusions3"]
 
+_log = get_logger("subtype")
 CLASSES = tuple(SUBTYPES)  # NORMAL, BACTERIAL, VIRAL: the column order everywhere
 # Kermany et al. 2018 (Cell 172:1122), bacterial vs viral on the official test split
 KERMANY_2018 = {"accuracy": 0.907, "sensitivity": 0.886, "specificity": 0.909}
@@ -142,8 +144,9 @@ def run_subtype(args, argv=None):
         return 2
     feature_sets, heads = parse_feature_sets(args.features), _heads(args)
     cache_dir = None if args.cache_dir.lower() == "none" else args.cache_dir
-    progress, out = not args.quiet, Path(args.out)
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    progress, out = progress_enabled(args.quiet), Path(args.out)
+    ensure_handler()
+    log = (lambda *a: None) if args.quiet else (lambda *a: _log.info(" ".join(map(str, a))))
 
     left_out = {}
     train = _known_subtypes(load_training_index(args.data, args.limit, args.seed), "training",
