@@ -39,8 +39,9 @@ REFERENCE = "hog+cnn/logreg"
 def read_predictions(path):
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
-    columns = [c for c in rows[0] if c not in ("path", "label", "patient", "fold")]
-    return ([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
+    columns = [c for c in rows[0] if c not in ("path", "true_label", "label", "patient", "fold")]
+    return ([r["path"] for r in rows],
+            np.array([int(r.get("true_label", r.get("label"))) for r in rows]),
             np.array([r["patient"] for r in rows]),
             {c: np.array([float(r[c]) for r in rows]) for c in columns})
 

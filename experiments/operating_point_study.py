@@ -39,8 +39,9 @@ def read_run(run_dir):
     """(paths, labels, patients, {model: out-of-fold probabilities}) of a run."""
     with open(Path(run_dir) / "predictions_cv.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    models = [k for k in rows[0] if k not in ("path", "label", "patient", "fold")]
-    return ([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
+    models = [k for k in rows[0] if k not in ("path", "true_label", "label", "patient", "fold")]
+    return ([r["path"] for r in rows],
+            np.array([int(r.get("true_label", r.get("label"))) for r in rows]),
             np.array([r["patient"] for r in rows]),
             {m: np.array([float(r[m]) for r in rows]) for m in models})
 

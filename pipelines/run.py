@@ -254,6 +254,7 @@ def main(argv=None):
     specs = [(f"{fs}/{head}", fs, head) for fs in feature_sets for head in heads]
     specs.append((PROBE, "cnn", "logreg"))
     models, curves_cv, curves_eval, per_fold = {}, {}, {}, []
+    finals = {}  # each deployable model's final pipeline, for the report's gallery
 
     def record(name, info, p_oof, p_eval, threshold):
         """Score one model's out-of-fold and evaluation predictions into the report."""
@@ -284,8 +285,9 @@ def main(argv=None):
             p_eval = clf.predict_proba(Xe)[:, 1]
         result = record(name, {"features": fs, "head": head}, clf.oof_proba_, p_eval,
                         clf.threshold_)
+        if not name.startswith("baseline/"):
+            finals[name] = pipeline = _final_pipeline(fs, clf, preprocessor, args.n_jobs, views)
         if not args.no_save and not name.startswith("baseline/"):
-            pipeline = _final_pipeline(fs, clf, preprocessor, args.n_jobs, views)
             save_model(pipeline, out / "models" / f"{fs.replace('+', '_')}-{head}.joblib",
                        model_metadata(fs, head, clf, args, result, train))
 
@@ -303,6 +305,7 @@ def main(argv=None):
                                         oof_proba=base["oof"], oof_fold=fold_of(folds, len(y)))
         p_eval = None if base["eval"] is None else clf.predict_proba(base["eval"][:, None])[:, 1]
         result = record(name, info, clf.oof_proba_, p_eval, clf.threshold_)
+        finals[name] = pipeline
         if not args.no_save:
             preprocess = pipeline.named_steps["preprocess"]
             save_model(pipeline, out / "models" / f"cnn-{network}.joblib",
@@ -359,7 +362,8 @@ def main(argv=None):
     if eval_index is not None:
         curves["eval"] = (eval_index.labels, curves_eval)
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
-    write_report(out, results, curves)
+    write_report(out, results, curves, examples=_examples(selected, finals, models, curves_eval,
+                                                          curves_cv, eval_index, train))
     write_predictions(out / "predictions_cv.csv", train, curves_cv, fold=fold_of(folds, len(y)))
     if eval_index is not None:
         write_predictions(out / "predictions_eval.csv", eval_index, curves_eval)
@@ -426,6 +430,18 @@ def training_augment(feature_set, copies, y):
     return {"X_aug": np.vstack([_stack(feature_set, [c]) for c in copies]),
             "y_aug": np.tile(y, len(copies)),
             "aug_source": np.tile(np.arange(len(y)), len(copies))}
+
+
+def _examples(selected, finals, models, curves_eval, curves_cv, eval_index, train):
+    """What the report's gallery of worst errors needs: the selected model's
+    final pipeline and the films it was judged on (the evaluation set, else
+    the training films with their out-of-fold probabilities)."""
+    if selected not in finals:
+        return None
+    part, index, curves = (("eval", eval_index, curves_eval) if selected in curves_eval
+                           else ("cv", train, curves_cv))
+    return {"pipeline": finals[selected], "paths": list(index.paths), "y": index.labels,
+            "p": curves[selected], "threshold": models[selected][part]["threshold"]}
 
 
 def _stack(feature_set, view_features):

@@ -168,7 +168,8 @@ def test_prediction_tables_reproduce_the_reported_metrics(trained_run, synthetic
         with open(trained_run / f"predictions_{part}.csv") as handle:
             rows = list(csv.DictReader(handle))
         assert len(rows) == n and len({r["path"] for r in rows}) == n
-        y = np.array([int(r["label"]) for r in rows])
+        assert list(rows[0])[:3] == ["path", "true_label", "patient"]  # not "label"
+        y = np.array([int(r["true_label"]) for r in rows])
         for name, model in results["models"].items():
             p = np.array([float(r[name]) for r in rows])
             assert auc(y, p) == pytest.approx(model[part]["auc"]), (part, name)
