@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from .decision import logit  # noqa: E402
 from .persist import atomic_write_bytes  # noqa: E402
 
 __all__ = ["write_report", "write_predictions", "plot_roc", "plot_confusions", "plot_calibration",
@@ -323,8 +324,9 @@ def occlusion_map(pipeline, image, grid=7, max_side=512):
     A square of a quarter of each side, moved over a ``grid`` x ``grid``
     lattice, is filled with the image's mean and the film rescored by the whole
     pipeline after ``read``: the map is the drop in P(pneumonia) where that
-    square hid the film, averaged over the squares covering each pixel
-    (positive: the region pushed the score towards PNEUMONIA). Model-agnostic:
+    square hid the film, in logits (a film scored 0.999 still shows what
+    moves it), averaged over the squares covering each pixel (positive: the
+    region pushed the score towards PNEUMONIA). Model-agnostic:
     it explains the hybrid (HOG, LBP, CNN and head together), not one network.
 
     Returns ``(image, heat, p)``: the image (downscaled to ``max_side``), the
@@ -351,9 +353,10 @@ def occlusion_map(pipeline, image, grid=7, max_side=512):
             boxes.append((top, left))
     steps = pipeline[1:] if hasattr(pipeline, "steps") else pipeline
     p = steps.predict_proba(copies)[:, 1]
+    z = logit(p)
     heat, count = np.zeros_like(image), np.zeros_like(image)
-    for (top, left), score in zip(boxes, p[1:]):
-        heat[top:top + ph, left:left + pw] += p[0] - score
+    for (top, left), score in zip(boxes, z[1:]):
+        heat[top:top + ph, left:left + pw] += z[0] - score
         count[top:top + ph, left:left + pw] += 1
     return image, heat / np.maximum(count, 1), float(p[0])
 
@@ -385,18 +388,20 @@ def plot_gallery(out_dir, examples, k=3, grid=7):
             except XrayReadError:
                 continue
             image, heat, p_now = occlusion_map(examples["pipeline"], film, grid)
-            fig, axes = plt.subplots(1, 2, figsize=(5.6, 2.9))
+            fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.1))
             axes[0].imshow(image, cmap="gray")
             axes[1].imshow(image, cmap="gray")
             limit = max(float(np.abs(heat).max()), 1e-3)
             shown = axes[1].imshow(heat, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.55)
-            fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.02,
-                         label="drop in P(pneumonia) when hidden")
+            bar = fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.03)
+            bar.set_label("drop in logit P(pneumonia) when hidden", fontsize=7)
+            bar.ax.tick_params(labelsize=7)
             for ax in axes:
                 ax.axis("off")
             truth = "NORMAL" if kind == "false positive" else "PNEUMONIA"
-            axes[0].set_title(f"truly {truth}, P(pneumonia) {examples['p'][i]:.3f}", fontsize=8)
-            axes[1].set_title("occlusion sensitivity (red: read as pneumonia)", fontsize=8)
+            axes[0].set_title(f"{kind}: truly {truth}\nP(pneumonia) {examples['p'][i]:.3f}",
+                              fontsize=8)
+            axes[1].set_title("occlusion map\nred: read as pneumonia", fontsize=8)
             png = Path(out_dir) / f"worst_{kind.split()[1]}_{rank + 1}.png"
             _save(fig, png)
             entries.append({"kind": kind, "path": path, "p": float(examples["p"][i]),
@@ -502,9 +507,10 @@ def _html(results, tables, plots, glance=None, gallery=()):
     if gallery:
         parts.append("<h2 id='worst'>The films the model got most wrong</h2><p>The most "
                      "confident false positives and false negatives of the selected model, each "
-                     "beside its occlusion-sensitivity map: a quarter of the film was hidden at "
-                     "a time and the whole model rescored; red marks regions whose hiding "
-                     "lowered P(pneumonia), i.e. what the model read as pneumonia.</p>"
+                     "beside its occlusion-sensitivity map: a square of a quarter of each side "
+                     "was hidden at a time (7 x 7 positions) and the whole model rescored; red "
+                     "marks regions whose hiding lowered the logit of P(pneumonia), i.e. what "
+                     "the model read as pneumonia, blue what it read as normal.</p>"
                      "<div class='grid'>")
         parts += [f"<figure>{_img(e['png'])}<figcaption>{html.escape(e['kind'])}: "
                   f"<code>{html.escape(e['path'])}</code></figcaption></figure>" for e in gallery]
