@@ -81,6 +81,37 @@ class _ImageModelMixin:
             return pipeline, [os.fspath(p) for p in X]
         return Pipeline(pipeline.steps[1:]), [_as_image(a) for a in X]
 
+    def feature_names_out(self):
+        """The names of the columns `features` returns (``hog_0``, ``cnn_12``...)."""
+        features = self._pipeline().named_steps["features"]
+        if self._cnn_score() is not None:
+            return np.asarray([f"embedding_{i}" for i in range(1280)], dtype=object)
+        return features.get_feature_names_out()
+
+    def _cnn_score(self):
+        """The `OnnxCNNScore` of a fine-tuned CNN model, else None."""
+        features = self._pipeline().named_steps["features"]
+        return next((t for _, t in getattr(features, "transformer_list", [])
+                     if isinstance(t, OnnxCNNScore)), None)
+
+    def _features(self, X):
+        """Embeddings of each image: for a CNN model, the network's 1,280-d
+        penultimate layer (its ``embedding`` output); for a feature-set model,
+        the feature vector its head sees (HOG, LBP and/or CNN embedding).
+
+        Returns
+        -------
+        ndarray of shape (n, n_features), float32
+        """
+        score = self._cnn_score()
+        if score is None:
+            steps, X = self._steps_for(X)
+            return Pipeline(steps.steps[:-1]).transform(X)
+        embedder = OnnxEmbedder(model_path=score.model_path, image_size=score.image_size or 224,
+                                batch_size=score.batch_size, n_threads=score.n_threads,
+                                expected_sha256=score.expected_sha256, output_name="embedding")
+        return embedder.transform(self._preprocessed(X))
+
     def _preprocessed(self, X):
         steps, X = self._steps_for(X)
         return Pipeline(steps.steps[:-2]).transform(X)
@@ -257,9 +288,9 @@ class HybridClassifier(_ImageModelMixin, ClassifierMixin, BaseEstimator):
         return self.pipeline_
 
     def features_of(self, X):
-        """The feature vectors the head sees (n, ``n_features_in_``)."""
-        steps, X = self._steps_for(X)
-        return Pipeline(steps.steps[:-1]).transform(X)
+        """The feature vectors the head sees, (n, ``n_features_in_``) (the
+        method is not called ``features``: that is the feature-set parameter)."""
+        return self._features(X)
 
     def save(self, path):
         """Save the fitted pipeline in the project's model format (``.joblib``
@@ -319,25 +350,7 @@ class XrayModel(_ImageModelMixin):
         """The names of `predict_proba`'s columns (torchxrayvision's ``pathologies``)."""
         return list(self.classes_)
 
-    def features(self, X):
-        """Embeddings of each image: for a CNN model, the network's 1,280-d
-        penultimate layer (its ``embedding`` output); for a feature-set model,
-        the feature vector its head sees (HOG, LBP and/or CNN embedding).
-
-        Returns
-        -------
-        ndarray of shape (n, n_features), float32
-        """
-        features = self.pipeline.named_steps["features"]
-        scores = [t for _, t in features.transformer_list if isinstance(t, OnnxCNNScore)]
-        if not scores:
-            steps, X = self._steps_for(X)
-            return Pipeline(steps.steps[:-1]).transform(X)
-        score = scores[0]
-        embedder = OnnxEmbedder(model_path=score.model_path, image_size=score.image_size or 224,
-                                batch_size=score.batch_size, n_threads=score.n_threads,
-                                expected_sha256=score.expected_sha256, output_name="embedding")
-        return embedder.transform(self._preprocessed(X))
+    features = _ImageModelMixin._features
 
     def __repr__(self):
         m = self.metadata

@@ -37,8 +37,8 @@ from .metrics import auc
 from .multiclass import (MultiClassDecision, decide, make_multiclass_head, pneumonia_proba,
                          subtype_proba)
 from .persist import atomic_write_bytes, save_model
-from .report import (_SHOWN, _fmt, _html, _markdown, _metric_rows, _save, plot_roc, plt,
-                     write_predictions)
+from .report import (_SHOWN, _fmt, _html, _markdown, _metric_rows, _save, environment,
+                     plot_roc, plt, write_predictions)
 from .run import (PROBE, _final_pipeline, _stack, library_versions, load_training_index,
                   manifest_hash)
 from .logs import ensure_handler, get_logger, progress_enabled
@@ -396,6 +396,7 @@ def write_subtype_report(out_dir, results, curves):
                                   if part in m}, f"Confusion, {label}")
         plots += [path, path_c]
     tables = _tables(results)
+    results.setdefault("environment", environment())
     atomic_write_bytes(out_dir / "metrics.json", json.dumps(results, indent=2).encode())
     atomic_write_bytes(out_dir / "report.md", _markdown(results, tables, plots).encode())
     atomic_write_bytes(out_dir / "report.html", _html(results, tables, plots).encode())

@@ -122,6 +122,9 @@ def test_save_then_load_and_score(fitted, synthetic_data, tmp_path):
     np.testing.assert_allclose(model.predict_proba(paths), fitted.predict_proba(paths))
     assert list(model.predict(paths)) == list(fitted.predict(paths))
     assert model.features(paths).shape == (len(paths), fitted.n_features_in_)
+    np.testing.assert_array_equal(fitted.features_of(paths), model.features(paths))
+    names = model.feature_names_out()
+    assert len(names) == fitted.n_features_in_ and names[0].startswith("hog")
 
 
 def test_load_default_gives_embeddings_and_names(synthetic_data):
@@ -154,4 +157,5 @@ def test_a_cnn_models_features_are_its_penultimate_layer():
     images = [phantom(224, seed=i) for i in range(3)]
     embedding = model.features(images)
     assert embedding.shape == (3, 1280) and np.isfinite(embedding).all()
+    assert len(model.feature_names_out()) == 1280
     assert model.predict_proba(images).shape == (3, 2)

@@ -52,6 +52,7 @@ def test_metrics_json_contract(subtype_run):
     _, out = subtype_run
     results = json.loads((out / "metrics.json").read_text())
     assert results["task"] == "subtype" and results["classes"] == list(CLASSES)
+    assert results["environment"]["versions"]["scikit-learn"]  # versions and commit recorded
     assert results["eval_counts"] == {"NORMAL": 4, "BACTERIAL": 4, "VIRAL": 4, "unknown": 0}
     assert [p.rsplit("/", 1)[1] for p in results["unknown_subtype_left_out"]["evaluation"]] == [
         "film 1.png"]
