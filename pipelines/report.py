@@ -295,14 +295,10 @@ def at_a_glance(results):
 def environment():
     """Package versions, Python, platform and the git commit of this code
     (``None`` outside a git checkout; ``git_dirty``: tracked files edited)."""
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import distributions
 
-    versions = {}
-    for name in _ENVIRONMENT_PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
+    installed = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in distributions()}
+    versions = {name: installed.get(name) for name in _ENVIRONMENT_PACKAGES}
     here = os.path.dirname(os.path.abspath(__file__))
     commit = dirty = None
     try:
