@@ -57,6 +57,12 @@ def parse_feature_sets(text):
 
 
 def make_extractor(name, n_jobs=None):
+    """The extractor named ``name`` (one of `EXTRACTORS`), unfitted.
+
+    ``"hog"`` and ``"lbp"``: `HOGFeatures` / `LBPFeatures` at their defaults,
+    over ``n_jobs`` threads; ``"cnn"``: the packaged `OnnxEmbedder` at 224 px;
+    ``"cnn160"``: the same embedder at 160 px (the fast path).
+    """
     if name == "hog":
         return HOGFeatures(n_jobs=n_jobs)
     if name == "lbp":
@@ -87,6 +93,8 @@ def make_head(name, random_state=0, n_jobs=None):
 
 
 def make_feature_union(feature_set, cache_dir=None, n_jobs=None):
+    """A `FeatureUnion` of the extractors of ``feature_set`` (``"hog+cnn"``),
+    each wrapped in a `CachedExtractor` (no cache when ``cache_dir`` is None)."""
     names = feature_set.split("+")
     return FeatureUnion([
         (name, CachedExtractor(make_extractor(name, n_jobs), cache_dir)) for name in names

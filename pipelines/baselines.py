@@ -35,6 +35,8 @@ OOF_DIR = Path(__file__).resolve().parent.parent / "experiments" / "oof"
 
 
 def read_oof(path):
+    """A baseline's out-of-fold table: ``{path: (label, fold, proba)}``, paths
+    relative to the data root."""
     with open(path, newline="") as handle:
         return {row["path"]: (int(row["label"]), int(row["fold"]), float(row["proba"]))
                 for row in csv.DictReader(handle)}

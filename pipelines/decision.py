@@ -47,6 +47,7 @@ class PlattCalibrator(BaseEstimator):
     """
 
     def fit(self, proba, y):
+        """Fit the two Platt coefficients on probabilities ``proba`` and labels ``y``."""
         self.model_ = LogisticRegression(C=1e6).fit(logit(proba)[:, None], y)
         self.prevalence_ = float(np.mean(y))
         return self
@@ -70,6 +71,7 @@ class PlattCalibrator(BaseEstimator):
         return new
 
     def transform(self, proba):
+        """Calibrated probabilities of ``proba``."""
         return self.model_.predict_proba(logit(proba)[:, None])[:, 1]
 
 
@@ -273,10 +275,12 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
         return _mean_view_score(self.estimator_, self._views(X))
 
     def predict_proba(self, X):
+        """(n, 2): calibrated P(normal), P(pneumonia) of the feature rows ``X``."""
         p = self._calibrate(self.raw_score(X))
         return np.column_stack([1 - p, p])
 
     def predict(self, X):
+        """1 (pneumonia) where the calibrated probability reaches ``threshold_``."""
         return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from xray_features.cache import CachedExtractor
-from xray_features.cnn import OnnxCNNScore, OnnxEmbedder, file_sha256
+from xray_features.cnn import MODELS_DIR, OnnxCNNScore, OnnxEmbedder, file_sha256
 
 from .decision import DecisionClassifier, ScoreHead
 from .multiclass import is_multiclass, three_class_refusal
@@ -281,7 +281,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.export", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a saved .joblib (with its .sha256)")
+    parser.add_argument("--model", default=str(MODELS_DIR / "default_pipeline.joblib"),
+                        help="a saved .joblib (with its .sha256); default: the packaged default")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--check", nargs="+", default=None, metavar="INPUT",
                         help="images, folders or list files to compare both routes on")

@@ -85,6 +85,7 @@ class TemperatureScaler(BaseEstimator):
         return self
 
     def transform(self, proba):
+        """``proba`` (n, n_classes) with every log-probability divided by ``temperature_``."""
         check_is_fitted(self, "temperature_")
         logp = np.log(np.clip(np.asarray(proba, dtype=np.float64), _EPS, 1))
         return softmax(logp / self.temperature_, axis=1)

@@ -27,6 +27,7 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 from xray_features import ReadImages
+from xray_features.cnn import MODELS_DIR
 from xray_features.dataset import fold_of, index_dataset, make_folds
 from xray_features.preprocess import default_preprocessor
 from xray_features.views import ViewFeatures, view_preprocessor, zoom_views
@@ -395,6 +396,11 @@ def choose(models, curves_cv, train, args):
     left_out = {name: ("a packaged CNN's predictions without its network: compared, not "
                        "deployable" if name != PROBE else "the same model as cnn/logreg")
                 for name, info in models.items() if not info["candidate"]}
+    for network in sorted(MODELS_DIR.glob("cnn_*.onnx")):
+        if f"baseline/{network.stem}" not in models:
+            left_out[f"baseline/{network.stem}"] = (
+                "packaged, but it has no out-of-fold predictions on these training images "
+                "and folds, so it cannot be compared or chosen")
     aspect = native_aspect_ratios(train)
     reliance = {}
     if aspect is not None:

@@ -301,3 +301,56 @@ def test_console_table_columns_line_up_for_long_names():
     lines = _console_table(models).splitlines()
     assert len({len(line) for line in lines}) == 1  # every row as wide as the header
     assert lines[2].split()[1:] == ["0.990", "0.950", "0.900", "0.800", "0.700", "0.600"]
+
+
+def test_selection_is_recorded_and_packaged_cnns_without_predictions_are_named(trained_run):
+    """On the user's own data (the synthetic set) no packaged CNN has out-of-fold
+    predictions: each is named as left out, with the reason; the original image
+    shapes are unknown, so the shift step is skipped and recorded as such."""
+    from xray_features.cnn import MODELS_DIR
+
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    selection = metrics["selection"]
+    assert selection["selected"] == metrics["selected"]
+    assert selection["rule"].startswith("Candidates:")
+    assert selection["native_shapes_known"] == 0
+    candidates = {n for n in metrics["models"] if not n.startswith("baseline/")}
+    assert set(selection["evidence"]) == candidates
+    assert all(e["shortcut_reliance"] is None for e in selection["evidence"].values())
+    for network in MODELS_DIR.glob("cnn_*.onnx"):
+        assert "no out-of-fold predictions" in selection["left_out"][f"baseline/{network.stem}"]
+    assert selection["left_out"]["baseline/cnn-probe"] == "the same model as cnn/logreg"
+    report = (trained_run / "report.md").read_text()
+    assert "How the model was chosen" in report and "left out: packaged, but" in report
+
+
+def test_selection_prefers_less_shortcut_reliance_among_cv_equals():
+    """Step 2: of two models with the same CV AUC, the one whose score follows
+    the original shape more (beyond the margin) is set aside, even when cheaper."""
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 300)
+    groups = np.arange(600)
+    signal = y + rng.normal(0, 0.6, 600)
+    oof = {"hog/logreg": signal, "hog+cnn/logreg": signal + rng.normal(0, 0.01, 600)}
+    models = {n: {"features": n.split("/")[0], "cv": {"auc": auc(y, p)}} for n, p in oof.items()}
+    assert select_model(models, oof, y, groups, n_boot=200)[0] == "hog/logreg"  # cheaper
+    reliance = {"hog/logreg": 0.30, "hog+cnn/logreg": 0.20}
+    assert select_model(models, oof, y, groups, n_boot=200, reliance=reliance)[0] == \
+        "hog+cnn/logreg"
+    reliance["hog/logreg"] = 0.24  # within 0.05 of the least: the cheaper one again
+    assert select_model(models, oof, y, groups, n_boot=200, reliance=reliance)[0] == "hog/logreg"
+
+
+def test_shortcut_reliance_reads_the_shape_within_each_class():
+    from pipelines.selection import shortcut_reliance
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 200)
+    aspect = rng.uniform(1.0, 1.6, 400)
+    honest = 0.2 + 0.6 * y + rng.normal(0, 0.05, 400)           # ignores the shape
+    shortcut = np.clip(honest + 0.3 * (aspect - 1.3), 0.01, 0.99)  # follows it in each class
+    assert abs(shortcut_reliance(y, np.clip(honest, 0.01, 0.99), aspect)["mean"]) < 0.15
+    follows = shortcut_reliance(y, shortcut, aspect)
+    assert follows["normal"] > 0.5 and follows["pneumonia"] > 0.5 and follows["n"] == 400
+    aspect[::2] = np.nan  # unknown shapes are left out
+    assert shortcut_reliance(y, shortcut, aspect)["n"] == 200

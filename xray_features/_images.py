@@ -113,6 +113,7 @@ class ImageFeatureExtractor(ImageTransformerMixin):
     """
 
     def transform(self, X):
+        """(n, n_features) float32 feature rows of the images ``X``."""
         images = as_images(X)
         size = self.image_size
         extract = _Extractor(self, size)
@@ -120,6 +121,7 @@ class ImageFeatureExtractor(ImageTransformerMixin):
         return np.vstack(rows).astype(np.float32, copy=False)
 
     def get_feature_names_out(self, input_features=None):
+        """The extractor's feature names, one per column."""
         return np.asarray(self._feature_names(), dtype=object)
 
 

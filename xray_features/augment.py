@@ -42,6 +42,7 @@ class Stretch(ImageTransformerMixin):
         self.horizontal = horizontal
 
     def transform(self, X):
+        """Each image stretched by ``vertical`` / ``horizontal`` (its size changes)."""
         if not (self.vertical >= 1 and self.horizontal >= 1):
             raise ValueError("stretch factors must be >= 1, got "
                              f"vertical={self.vertical!r}, horizontal={self.horizontal!r}")
@@ -69,6 +70,7 @@ class RandomZoom(ImageTransformerMixin):
         self.random_state = random_state
 
     def transform(self, X):
+        """Each image cut by its own random fractions (seeded by ``random_state``)."""
         _check_random_cut(self.max_fraction, self.random_state)
         return like_input(X, [self._zoom(image) for image in as_images(X)])
 
@@ -107,6 +109,7 @@ class RandomReframe(ImageTransformerMixin):
         self.random_state = random_state
 
     def transform(self, X):
+        """Each image cut by its own random fractions (seeded by ``random_state``)."""
         _check_random_cut(self.max_fraction, self.random_state)
         return like_input(X, [Reframe(*self.cuts(image))._reframe(image)
                               for image in as_images(X)])
@@ -136,6 +139,7 @@ class Reframe(ImageTransformerMixin):
         self.right = right
 
     def transform(self, X):
+        """Each image with the given fractions cut off its edges."""
         cuts = (self.top, self.bottom, self.left, self.right)
         if not (all(c >= 0 for c in cuts) and self.top + self.bottom < 1
                 and self.left + self.right < 1):
@@ -166,6 +170,7 @@ class Intensity(ImageTransformerMixin):
         self.black = black
 
     def transform(self, X):
+        """Each image re-rendered with ``gamma``, ``contrast`` and ``black`` level."""
         if not (self.gamma > 0 and self.contrast >= 0 and 0 <= self.black < 1):
             raise ValueError("need gamma > 0, contrast >= 0 and 0 <= black < 1, got "
                              f"gamma={self.gamma!r}, contrast={self.contrast!r}, "

@@ -89,10 +89,12 @@ class CachedExtractor(TransformerMixin, BaseEstimator):
         self.cache_dir = cache_dir
 
     def fit(self, X, y=None):
+        """Fit a clone of ``extractor`` (stateless extractors learn nothing)."""
         self.extractor_ = clone(self.extractor).fit(X, y)
         return self
 
     def transform(self, X):
+        """The extractor's rows of ``X``, read from the cache where present."""
         extractor = getattr(self, "extractor_", self.extractor)
         if self.cache_dir is None:
             return extractor.transform(X)
@@ -108,6 +110,7 @@ class CachedExtractor(TransformerMixin, BaseEstimator):
         return np.vstack(rows)
 
     def get_feature_names_out(self, input_features=None):
+        """The wrapped extractor's feature names."""
         extractor = getattr(self, "extractor_", self.extractor)
         return extractor.get_feature_names_out(input_features)
 
@@ -156,10 +159,12 @@ class FileFeatureCache:
         return keys
 
     def rows(self, keys):
+        """Each extractor's cached row for each key (None where absent)."""
         return {name: [None if key is None else _load(folder / f"{key}.npy") for key in keys]
                 for name, folder in self._folders.items()}
 
     def store(self, name, keys, rows):
+        """Write ``rows`` of extractor ``name`` under ``keys`` (atomic per file)."""
         folder = self._folders[name]
         for key, row in zip(keys, rows):
             if key is not None:

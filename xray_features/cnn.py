@@ -232,6 +232,7 @@ class OnnxEmbedder(_OnnxModelMixin, ImageTransformerMixin):
         raise ValueError(f"the model has no output named {self.output_name!r}")
 
     def get_feature_names_out(self, input_features=None):
+        """``cnn_0`` ... ``cnn_{n-1}``, one per embedding dimension."""
         return np.asarray([f"cnn_{i}" for i in range(self.n_features())], dtype=object)
 
 
@@ -272,6 +273,7 @@ class OnnxCNNClassifier(_OnnxModelMixin, ClassifierMixin, BaseEstimator):
 
     @property
     def classes_(self):
+        """Always ``[0, 1]``: normal, pneumonia."""
         return np.array([0, 1])
 
     def fit(self, X, y=None):
@@ -291,6 +293,7 @@ class OnnxCNNClassifier(_OnnxModelMixin, ClassifierMixin, BaseEstimator):
         return self.predict_proba(X)[:, 1]
 
     def predict(self, X):
+        """1 (pneumonia) where P(pneumonia) reaches ``threshold``."""
         return (self.predict_proba(X)[:, 1] >= self.threshold).astype(np.int64)
 
     def __sklearn_tags__(self):
@@ -347,4 +350,5 @@ class OnnxCNNScore(_OnnxModelMixin, ImageTransformerMixin):
         return self._pneumonia_probability(X)[:, None].astype(np.float32)
 
     def get_feature_names_out(self, input_features=None):
+        """``["cnn_probability"]``."""
         return np.asarray(["cnn_probability"], dtype=object)

@@ -95,14 +95,17 @@ class DatasetIndex:
 
     @property
     def paths(self):
+        """Every record's file path, in index order."""
         return np.array([r.path for r in self.records], dtype=object)
 
     @property
     def labels(self):
+        """Every record's label: 0 NORMAL, 1 PNEUMONIA."""
         return np.array([r.label for r in self.records], dtype=np.int64)
 
     @property
     def groups(self):
+        """Every record's patient id (the CV groups)."""
         return np.array([r.patient_id for r in self.records], dtype=object)
 
     @property
@@ -124,6 +127,7 @@ class DatasetIndex:
 
     @property
     def splits(self):
+        """The split names present (``train``, ``site_val``, ...), sorted."""
         return sorted({r.split for r in self.records})
 
     @property
@@ -132,9 +136,11 @@ class DatasetIndex:
         return sum(not r.patient_from_rule for r in self.records)
 
     def subset(self, split):
+        """The records of one split, as a new index on the same root."""
         return DatasetIndex([r for r in self.records if r.split == split], self.root)
 
     def take(self, indices):
+        """The records at ``indices``, as a new index on the same root."""
         return DatasetIndex([self.records[i] for i in indices], self.root)
 
     def counts(self):
@@ -145,6 +151,7 @@ class DatasetIndex:
         return dict(table)
 
     def summary(self):
+        """One line: each split's NORMAL and PNEUMONIA counts, patients, unmatched names."""
         parts = [
             f"{split}: {c['NORMAL']} NORMAL + {c['PNEUMONIA']} PNEUMONIA"
             for split, c in sorted(self.counts().items())

@@ -38,6 +38,7 @@ class CLAHE(ImageTransformerMixin):
         self.tile_grid_size = tile_grid_size
 
     def transform(self, X):
+        """Each image through OpenCV CLAHE on 8 bits, back to float32 in [0, 1]."""
         clahe = cv2.createCLAHE(
             clipLimit=float(self.clip_limit),
             tileGridSize=(int(self.tile_grid_size), int(self.tile_grid_size)),
@@ -54,6 +55,7 @@ class EqualizeHistogram(ImageTransformerMixin):
     levels are mapped to a near-uniform histogram, whatever its exposure."""
 
     def transform(self, X):
+        """Each image histogram-equalised on 8 bits."""
         out = [cv2.equalizeHist(to_uint8(image)).astype(np.float32) / np.float32(255.0)
                for image in as_images(X)]
         return like_input(X, out)
@@ -71,6 +73,7 @@ class BorderCrop(ImageTransformerMixin):
         self.fraction = fraction
 
     def transform(self, X):
+        """Each image without ``fraction`` of its height and width on every side."""
         if not 0 <= self.fraction < 0.5:
             raise ValueError(f"fraction must be in [0, 0.5), got {self.fraction!r}")
         return like_input(X, [crop_border(image, self.fraction) for image in as_images(X)])
@@ -206,6 +209,7 @@ class Resize(ImageTransformerMixin):
         self.pad_value = pad_value
 
     def transform(self, X):
+        """Each image resized to ``size`` x ``size`` (``mode``: squash or pad)."""
         if self.mode not in ("pad", "squash"):
             raise ValueError(f"mode must be 'pad' or 'squash', got {self.mode!r}")
         size = int(self.size)

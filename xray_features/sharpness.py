@@ -47,6 +47,7 @@ class EqualizeSharpness(ImageTransformerMixin):
         self.steps = steps
 
     def transform(self, X):
+        """Each image blurred or sharpened towards the target Laplacian variance."""
         out = [self._equalize(np.asarray(image, dtype=np.float32)) for image in as_images(X)]
         return like_input(X, out)
 

@@ -48,6 +48,7 @@ class ViewFeatures(ImageTransformerMixin):
         self.views = views
 
     def transform(self, X):
+        """The features of each image and of each of its views, side by side."""
         blocks = [self.features.transform(self.preprocessor.transform(X))]
         for view in self.views:
             blocks.append(self.features.transform(self.preprocessor.transform(view.transform(X))))
@@ -55,4 +56,5 @@ class ViewFeatures(ImageTransformerMixin):
 
     @property
     def n_views(self):
+        """How many feature blocks a row holds: the image and its views."""
         return 1 + len(self.views)
