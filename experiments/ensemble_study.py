@@ -13,7 +13,6 @@ threshold of its out-of-fold average. The members were fixed before any look.
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from pipelines.baselines import OOF_DIR, read_oof
 from pipelines.decision import mean_logit
+from pipelines.report import read_predictions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studies import (Results, headline, mean_logit_ensemble, site_val_look,  # noqa: E402
@@ -34,16 +34,6 @@ ENSEMBLES = {
     "hybrid+finetuned-lite0": ["hog+cnn/logreg", "baseline/cnn_lite0_128_aug_e3"],
 }
 REFERENCE = "hog+cnn/logreg"
-
-
-def read_predictions(path):
-    with open(path) as handle:
-        rows = list(csv.DictReader(handle))
-    columns = [c for c in rows[0] if c not in ("path", "true_label", "label", "patient", "fold")]
-    return ([r["path"] for r in rows],
-            np.array([int(r.get("true_label", r.get("label"))) for r in rows]),
-            np.array([r["patient"] for r in rows]),
-            {c: np.array([float(r[c]) for r in rows]) for c in columns})
 
 
 def saved_site_scores(member, paths):

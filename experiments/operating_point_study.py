@@ -21,7 +21,6 @@ for every model, prints:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.metrics import binary_metrics, choose_threshold
+from pipelines.report import read_predictions
 from pipelines.selection import native_aspect_ratios, shortcut_reliance
 from xray_features.dataset import index_dataset
 
@@ -37,13 +37,7 @@ RULES = ("youden", "sensitivity:0.95")
 
 def read_run(run_dir):
     """(paths, labels, patients, {model: out-of-fold probabilities}) of a run."""
-    with open(Path(run_dir) / "predictions_cv.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    models = [k for k in rows[0] if k not in ("path", "true_label", "label", "patient", "fold")]
-    return ([r["path"] for r in rows],
-            np.array([int(r.get("true_label", r.get("label"))) for r in rows]),
-            np.array([r["patient"] for r in rows]),
-            {m: np.array([float(r[m]) for r in rows]) for m in models})
+    return read_predictions(Path(run_dir) / "predictions_cv.csv")
 
 
 def aspect_of(paths, data_dir):

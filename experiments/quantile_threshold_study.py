@@ -34,7 +34,7 @@ from pipelines.metrics import binary_metrics, quantile_threshold
 from xray_features import make_folds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ensemble_study import read_predictions  # noqa: E402
+from pipelines.report import read_predictions  # noqa: E402
 from studies import Results, study_parser  # noqa: E402
 
 MODELS = ["hog+cnn/logreg", "baseline/cnn_ft224_acq", "baseline/cnn_ft224_cs_acq_cs"]

@@ -28,7 +28,7 @@ from pipelines.decision import logit
 from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ensemble_study import read_predictions  # noqa: E402
+from pipelines.report import read_predictions  # noqa: E402
 from studies import Results, headline, study_parser  # noqa: E402
 
 REFERENCE = "hog+cnn/logreg"

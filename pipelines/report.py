@@ -25,7 +25,8 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from .decision import logit  # noqa: E402
 from .persist import atomic_write_bytes  # noqa: E402
 
-__all__ = ["write_report", "write_predictions", "plot_roc", "plot_confusions", "plot_calibration",
+__all__ = ["write_report", "write_predictions", "read_predictions", "plot_roc", "plot_confusions",
+           "plot_calibration",
            "plot_tradeoff", "plot_histograms", "occlusion_map", "at_a_glance", "environment",
            "GOAL", "INTENDED_USE", "TRUE_LABEL"]
 
@@ -592,3 +593,16 @@ def write_predictions(path, index, probas, fold=None):
         writer.writerow([image, int(label), patient] + ([int(fold[i])] if fold is not None else [])
                         + [repr(float(p[i])) for p in probas.values()])
     atomic_write_bytes(Path(path), buffer.getvalue().encode())
+
+
+def read_predictions(path):
+    """A `write_predictions` table back: ``(paths, true labels, patients,
+    {model: probabilities})``; tables written before the ground-truth column was
+    renamed (``label``) read the same."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    models = [c for c in rows[0] if c not in ("path", TRUE_LABEL, "label", "patient", "fold")]
+    return ([r["path"] for r in rows],
+            np.array([int(r.get(TRUE_LABEL, r.get("label"))) for r in rows]),
+            np.array([r["patient"] for r in rows]),
+            {m: np.array([float(r[m]) for r in rows]) for m in models})

@@ -143,6 +143,21 @@ def fit_decision(head, folds, X, y, augment, versions, n_jobs=None, n_views=1):
     return clf.fit(X, y, **augment)
 
 
+def cached_fit(function, cache_dir):
+    """``function`` behind `joblib.Memory` under ``<cache_dir>/fits`` (its
+    ``n_jobs`` left out of the key), or as it is when ``cache_dir`` is None."""
+    if cache_dir is None:
+        return function
+    return Memory(os.path.join(cache_dir, "fits"), verbose=0).cache(function, ignore=["n_jobs"])
+
+
+def model_specs(feature_sets, heads):
+    """``(name, feature set, head)`` of every model a comparison fits: each
+    feature set with each head, then the pure-CNN probe."""
+    return [(f"{fs}/{head}", fs, head) for fs in feature_sets for head in heads] + [
+        (PROBE, "cnn", "logreg")]
+
+
 def library_versions():
     """What a cached fit depends on besides its arguments: library versions and
     the source of the modules that fit (`decision`) and threshold (`metrics`)."""
@@ -248,12 +263,8 @@ def main(argv=None):
         eval_index = index_dataset(args.eval_dir)
         eval_features = extract_views(eval_index.paths)
 
-    fit, versions = fit_decision, library_versions()
-    if cache_dir is not None:
-        fit = Memory(os.path.join(cache_dir, "fits"), verbose=0).cache(fit_decision,
-                                                                       ignore=["n_jobs"])
-    specs = [(f"{fs}/{head}", fs, head) for fs in feature_sets for head in heads]
-    specs.append((PROBE, "cnn", "logreg"))
+    fit, versions = cached_fit(fit_decision, cache_dir), library_versions()
+    specs = model_specs(feature_sets, heads)
     models, curves_cv, curves_eval, per_fold = {}, {}, {}, []
     finals = {}  # each deployable model's final pipeline, for the report's gallery
 

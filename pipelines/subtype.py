@@ -25,13 +25,12 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from joblib import Memory
 
 from xray_features.dataset import SUBTYPES, fold_of, index_dataset, make_folds
 from xray_features.preprocess import default_preprocessor
 
 from . import multiclass
-from .assemble import (AUGMENTATIONS, extract_features, extract_training_copies,
+from .assemble import (extract_features, extract_training_copies,
                        parse_feature_sets)
 from .metrics import auc
 from .multiclass import (MultiClassDecision, decide, make_multiclass_head, pneumonia_proba,
@@ -39,8 +38,8 @@ from .multiclass import (MultiClassDecision, decide, make_multiclass_head, pneum
 from .persist import atomic_write_bytes, save_model
 from .report import (_SHOWN, _fmt, _html, _markdown, _metric_rows, _save, environment,
                      plot_roc, plt, write_predictions)
-from .run import (PROBE, _final_pipeline, _stack, library_versions, load_training_index,
-                  manifest_hash)
+from .run import (PROBE, _final_pipeline, _stack, cached_fit, library_versions,
+                  load_training_index, manifest_hash, model_specs)
 from .logs import ensure_handler, get_logger, progress_enabled
 from .selection import compare, evaluate, select_model
 
@@ -174,12 +173,8 @@ def run_subtype(args, argv=None):
         eval_index = _known_subtypes(index_dataset(args.eval_dir), "evaluation", left_out)
         eval_features = extract(eval_index.paths, extractors, cache_dir, **options)
 
-    fit, versions = fit_multiclass, subtype_versions()
-    if cache_dir is not None:
-        fit = Memory(os.path.join(cache_dir, "fits"), verbose=0).cache(fit_multiclass,
-                                                                       ignore=["n_jobs"])
-    specs = [(f"{fs}/{head}", fs, head) for fs in feature_sets for head in heads]
-    specs.append((PROBE, "cnn", "logreg"))
+    fit, versions = cached_fit(fit_multiclass, cache_dir), subtype_versions()
+    specs = model_specs(feature_sets, heads)
     models, curves_cv, curves_eval = {}, {}, {}
     for name, fs, head in specs:
         log(f"fitting {name} ({args.cv}-fold CV + final fit, three classes)")
