@@ -570,7 +570,12 @@ def _prepare(out, paths, model_path, identity, threshold, resume):
     existing = _read_rows(out)
     if existing is None:
         return [None] * len(paths), [], None, []
-    record = _read_record(out)
+    try:
+        record = _read_record(out)
+    except RuntimeError:
+        if resume:
+            raise
+        record = None  # a fresh run replaces it
     digest = rows_sha256(existing)
     owner = _owner(record, digest) if record else None
     on_disk = {"model": owner[0] if owner else None, "model_sha256": owner[1] if owner else None,

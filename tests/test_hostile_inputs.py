@@ -380,6 +380,11 @@ def test_out_may_not_be_an_input_the_model_a_list_or_a_special_file(folder, mode
         assert len(done.stderr.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in protected} == protected
     assert (tmp_path / "fifo").is_fifo()
+    notes = tmp_path / "notes.csv"
+    notes.write_text("name,remark\nx,keep me\n")
+    done = _run([folder, "--model", model_a, "--out", notes, "--quiet"])
+    assert done.returncode == score.EXIT_USAGE and "not a score CSV" in done.stderr
+    assert notes.read_text() == "name,remark\nx,keep me\n"
 
 
 def test_outputs_inside_the_input_folder_are_not_scored(folder, model_a):
@@ -463,3 +468,13 @@ def test_paths_that_look_like_formulas_are_written_as_text(folder, model_a, tmp_
     assert score.main(["=HYPERLINK(1).png", "@SUM(1).png", "good1.png"] + args +
                       ["--resume"]) == 1
     assert seen == []  # the escaped rows are read back as the same paths
+
+
+def test_an_unreadable_record_blocks_a_resume_but_not_a_fresh_run(folder, model_a, tmp_path):
+    out = tmp_path / "s.csv"
+    args = [str(folder), "--model", str(model_a), "--out", str(out), "--quiet"]
+    assert score.main(args) == score.EXIT_OK
+    score.run_record_path(out).write_text("{torn")
+    assert score.main(args + ["--resume"]) == score.EXIT_USAGE
+    assert score.main(args) == score.EXIT_OK
+    assert json.loads(score.run_record_path(out).read_text())["ok"] == 6
