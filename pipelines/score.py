@@ -673,7 +673,7 @@ def _seconds(text):
 
 def build_parser():
     parser = _Parser(
-        prog="python -m pipelines.score", description=__doc__.split("\n\n")[0] + ".",
+        prog="python -m pipelines.score", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders, or .txt/.lst files listing paths")
