@@ -39,6 +39,18 @@ from .score import DEFAULT_MODEL, expand_inputs, probabilities_of
 __all__ = ["head_scores", "recalibrate", "adjust_prevalence", "threshold_from_unlabelled", "main"]
 
 MIN_UNLABELLED = 20  # below this the share called PNEUMONIA is too noisy a target
+MIN_LABELLED_PER_CLASS = 5  # below this a Platt fit and threshold rest on a handful of films
+
+
+def check_labelled_counts(labels):
+    """Refuse a labelled set with fewer than `MIN_LABELLED_PER_CLASS` films of a class."""
+    labels = np.asarray(labels)
+    counts = {name: int(np.sum(labels == k)) for k, name in enumerate(("NORMAL", "PNEUMONIA"))}
+    if min(counts.values()) < MIN_LABELLED_PER_CLASS:
+        raise ValueError(f"the labelled set has {counts['NORMAL']} NORMAL and "
+                         f"{counts['PNEUMONIA']} PNEUMONIA images; at least "
+                         f"{MIN_LABELLED_PER_CLASS} of each are needed to refit the calibration "
+                         "and the threshold")
 
 
 def head_scores(model, paths):
@@ -145,6 +157,7 @@ def main(argv=None):
         if args.prevalence is not None:
             return _write_prevalence_adjusted(model, metadata, args)
         site = index_dataset(args.labelled_dir)
+        check_labelled_counts(site.labels)
     except (ModelFileError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

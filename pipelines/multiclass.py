@@ -120,7 +120,11 @@ def _fit_thresholds(proba, y, rule, threshold_rule):
     and class indices ``y``; ``threshold_rule`` chooses the first."""
     if rule == "argmax":
         return float("nan"), float("nan")
-    threshold = choose_threshold(y != 0, pneumonia_proba(proba), threshold_rule)
+    # P(pneumonia) = 1 - P(normal) can round to exactly 1.0; a threshold of 1.0
+    # would make a saved model unloadable (persist.check_decision_numbers), and the
+    # largest double below 1 takes the same decisions
+    threshold = min(choose_threshold(y != 0, pneumonia_proba(proba), threshold_rule),
+                    float(np.nextafter(1.0, 0.0)))
     subtype_threshold = float("nan")
     if proba.shape[1] == 3 and (y == 1).any() and (y == 2).any():
         rest = y != 0

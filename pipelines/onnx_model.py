@@ -119,7 +119,9 @@ def load_onnx_model(folder):
     if not isinstance(spec, dict) or spec.get("format") != EXPORT_FORMAT:
         raise ModelFileError(f"{manifest_path}: not an {EXPORT_FORMAT} manifest")
     files = _verify_files(folder, spec.get("files"))
+    _refuse_external_data(folder, files)
     try:
+        _check_decision_spec(spec)
         pipeline = _build(folder, spec, files)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{manifest_path}: invalid model description: {exc}") from None
@@ -153,6 +155,78 @@ def _verify_files(folder, files):
     return files
 
 
+def _refuse_external_data(folder, files):
+    """Refuse an ONNX file whose tensors live in other files: only the files the
+    manifest hashes may be loaded, and onnxruntime would read external data
+    from beside the model, unchecked."""
+    import onnx
+
+    for name in files:
+        if not name.endswith(".onnx"):
+            continue
+        path = _inside(folder, name)
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:
+            raise ModelFileError(f"{path}: not a readable ONNX file ({exc})") from None
+        external = [tensor.name for tensor in _tensors(proto.graph)
+                    if tensor.data_location == onnx.TensorProto.EXTERNAL]
+        if external:
+            raise ModelFileError(f"{path}: its tensors {external[:3]} are stored in external "
+                                 f"data files, which {MANIFEST} does not pin; refusing it")
+
+
+def _tensors(graph):
+    """Every tensor of an ONNX graph: initializers, constants' values, subgraphs'."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
+
+
+def _check_decision_spec(spec):
+    """The threshold is a JSON number strictly between 0 and 1; the calibration's
+    coef and intercept are finite JSON numbers (not strings, not NaN)."""
+    threshold = spec["threshold"]
+    if not _is_number(threshold) or not 0 < threshold < 1:
+        raise ValueError(f"threshold must be a number strictly between 0 and 1, "
+                         f"not {threshold!r}")
+    calibration = spec.get("calibration")
+    if calibration is not None:
+        for key in ("coef", "intercept"):
+            if not _is_number(calibration[key]):
+                raise ValueError(f"calibration {key} must be a finite number, "
+                                 f"not {calibration[key]!r}")
+
+
+def _is_number(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+# Runtime parameters a manifest may set, and their sane range.
+# (n_jobs may also be -1, joblib's "one per CPU").
+RUNTIME_LIMITS = {"n_threads": (1, 256), "n_jobs": (1, 256), "batch_size": (1, 4096)}
+
+
+def _check_runtime_params(name, params):
+    """Refuse thread counts and batch sizes that would hang or exhaust a machine."""
+    for key, (low, high) in RUNTIME_LIMITS.items():
+        if key in params and params[key] is not None:
+            value = params[key]
+            if key == "n_jobs" and value == -1:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"parameter {name}.{key} must be a whole number from {low} "
+                                 f"to {high}, not {value!r}")
+
+
 def _inside(folder, name):
     """A file named in the manifest: a bare file name inside ``folder``."""
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
@@ -175,6 +249,7 @@ def _make(place, step):
     for key, value in params.items():
         if not _is_plain(value):
             raise ValueError(f"parameter {name}.{key} is not a plain JSON value")
+    _check_runtime_params(name, params)
     return cls(**params)
 
 

@@ -1,25 +1,34 @@
 """Save and load fitted pipelines: joblib + a sha256 sidecar + metadata.
 
 Loading checks the sidecar *before* unpickling (a pickle runs code when it is
-loaded), then refuses a file written by another major version of the
-libraries that shape the model.
+loaded) and refuses a file written by another major version of the libraries
+that shape the model: the versions are read from a comment line of the sidecar
+before unpickling (files saved before that line existed are checked after),
+and again from the unpickled metadata. A file that fails to unpickle, or whose
+threshold or calibration is not a finite number (the threshold strictly
+between 0 and 1), is refused with `ModelFileError`.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import numbers
 import os
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import joblib
+import numpy as np
 
 from xray_features.hashing import file_sha256
 
 __all__ = ["ModelFileError", "save_model", "load_model", "package_versions", "sha256_of",
-           "atomic_write_bytes"]
+           "atomic_write_bytes", "check_decision_numbers"]
 
 FORMAT = "xray-hybrid-model/1"
+_VERSIONS_PREFIX = "# versions "  # the sidecar's comment line (sha256sum -c skips it)
 _CHECKED_PACKAGES = ("scikit-learn", "xgboost", "numpy", "xray-hybrid")
 _RECORDED_PACKAGES = _CHECKED_PACKAGES + ("scikit-image", "opencv-python-headless",
                                           "onnxruntime", "joblib")
@@ -80,12 +89,34 @@ def save_model(model, path, metadata):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    atomic_write_bytes(_sidecar(path), f"{digest}  {path.name}\n".encode())
+    versions = json.dumps(metadata["versions"], sort_keys=True)
+    atomic_write_bytes(_sidecar(path), f"{digest}  {path.name}\n{_VERSIONS_PREFIX}{versions}\n"
+                       .encode())
     return path
 
 
 def load_model(path):
-    """Return ``(model, metadata)`` after checking the sidecar and versions."""
+    """Return ``(model, metadata)`` of a file written by `save_model`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.joblib`` file; its ``.sha256`` sidecar must sit beside it.
+
+    Returns
+    -------
+    model : sklearn.pipeline.Pipeline
+    metadata : dict
+
+    Raises
+    ------
+    ModelFileError
+        No file or sidecar, a sha256 that differs from the sidecar's (either
+        case of hex digits is accepted), a major-version mismatch (checked
+        before unpickling when the sidecar records the versions), a file that
+        fails to unpickle, or a threshold / calibration that is not a finite
+        number (see `check_decision_numbers`).
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
@@ -93,17 +124,93 @@ def load_model(path):
     if not sidecar.is_file():
         raise ModelFileError(f"{path}: no {sidecar.name} sidecar; refusing to load an "
                              "unverified pickle")
-    expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+    expected, saved_versions = _read_sidecar(sidecar)
     actual = sha256_of(path)
     if actual != expected:
         raise ModelFileError(f"{path}: sha256 {actual[:12]}... does not match its sidecar "
                              f"({expected[:12]}...); the file was changed or corrupted")
-    payload = joblib.load(path)
+    if saved_versions is not None:
+        _check_versions(path, saved_versions)
+    try:
+        payload = joblib.load(path)
+    except Exception as exc:  # ModuleNotFoundError, AttributeError, pickle errors...
+        raise ModelFileError(f"{path}: cannot be unpickled ({type(exc).__name__}: {exc}); it "
+                             "was probably saved with other library versions") from None
     if not isinstance(payload, dict) or payload.get("metadata", {}).get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an xray-hybrid model file")
     metadata = payload["metadata"]
     _check_versions(path, metadata.get("versions", {}))
+    check_decision_numbers(payload["model"], path)
     return payload["model"], metadata
+
+
+def _read_sidecar(sidecar):
+    """The sha256 (lower case) and the saved versions (None when absent) of a sidecar."""
+    try:
+        text = sidecar.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise ModelFileError(f"{sidecar}: cannot read it ({exc.strerror or exc})") from None
+    digest, versions = "", None
+    for line in text.splitlines():
+        if line.startswith(_VERSIONS_PREFIX):
+            try:
+                versions = json.loads(line[len(_VERSIONS_PREFIX):])
+            except ValueError:
+                raise ModelFileError(f"{sidecar}: unreadable versions line") from None
+            if not isinstance(versions, dict):
+                raise ModelFileError(f"{sidecar}: unreadable versions line")
+        elif line.strip() and not line.startswith("#") and not digest:
+            digest = line.split()[0].lstrip("\\").lower()
+    return digest, versions
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_decision_numbers(model, source=""):
+    """Refuse a model whose decision numbers could fail towards NORMAL.
+
+    Whatever its head, the last step's ``threshold_`` must be a real number
+    strictly between 0 and 1, and the coefficients of its probability
+    calibration (``calibrator_.model_``, when there is one) finite.
+
+    Parameters
+    ----------
+    model : sklearn.pipeline.Pipeline
+    source : str or os.PathLike
+        Names the model in the error message.
+
+    Raises
+    ------
+    ModelFileError
+    """
+    last = model.steps[-1][1] if hasattr(model, "steps") else model
+    where = f"{source}: " if str(source) else ""
+    threshold = getattr(last, "threshold_", None)
+    if getattr(last, "decision", None) == "argmax":
+        threshold = 0.5  # a three-class argmax rule reads no threshold
+    if not _is_real(threshold) or not math.isfinite(threshold) or not 0 < threshold < 1:
+        raise ModelFileError(f"{where}threshold {threshold!r} is not a number strictly between "
+                             "0 and 1; refusing the model")
+    fitted = getattr(getattr(last, "calibrator_", None), "model_", None)
+    for name in ("coef_", "intercept_"):
+        values = getattr(fitted, name, None)
+        if values is None:
+            continue
+        try:
+            finite = bool(np.isfinite(np.asarray(values, dtype=np.float64)).all())
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise ModelFileError(f"{where}the probability calibration's {name.rstrip('_')} is "
+                                 f"not finite ({values!r}); refusing the model")
+    calibration = getattr(last, "calibration", None)  # an exported head's {"coef", "intercept"}
+    if isinstance(calibration, dict):
+        for name, value in calibration.items():
+            if not _is_real(value) or not math.isfinite(value):
+                raise ModelFileError(f"{where}the probability calibration's {name} {value!r} is "
+                                     "not a finite number; refusing the model")
 
 
 def _check_versions(path, saved):

@@ -8,23 +8,40 @@ Example::
 sidecar before it is unpickled) or a folder written by ``pipelines.export``
 (ONNX + JSON: nothing is unpickled).
 
-Inputs are files, folders (searched recursively; hidden files skipped) and
-list files (a ``.txt`` or ``.lst`` argument holds one path per line, relative
-paths taken from the list's folder). Every input gets exactly one row, in
-input order, with ``status`` ``ok`` or ``error`` and the reason. The CSV is
-rewritten atomically (temporary file + rename) as work progresses, so it is
-always a valid CSV; ``--resume`` keeps the rows already there. A lock file
+Inputs are files, folders (searched recursively; hidden files skipped, and so
+are this run's own output files) and list files (a ``.txt`` or ``.lst``
+argument holds one path per line, relative paths taken from the list's
+folder; a line starting with ``# `` or holding only ``#`` is a comment). Every
+input gets exactly one row, in input order, with ``status`` ``ok`` or
+``error`` and the reason. A film with no image content (uniform: blank, all
+black) and a probability the model cannot give (not finite, outside [0, 1])
+are errors, never a score. File names are written byte for byte: a name that
+is not valid UTF-8 keeps its raw bytes (Python's ``surrogateescape``). A
+``path`` or ``error`` field starting with ``= + - @``, a tab, a carriage
+return or ``'`` gets a ``'`` in front, so a spreadsheet shows it as text; a
+resume strips it again.
+
+The CSV is rewritten atomically (temporary file + rename) as work progresses,
+so it is always a valid CSV. Images are decoded and scored in batches of at
+most ``--batch-size`` files and ``--batch-pixels`` decoded pixels. A lock file
 (``<out>.lock``) refuses a second run on the same output; temporary files a
-killed run left behind are removed by the next one.
+killed run left behind are removed by the next one. ``--out`` may not be an
+input, a list file, the model, or anything but a regular file.
 
 Beside the CSV, ``<out>.run.json`` records which model scored it (path,
-sha256, feature set, head, threshold, site adjustments) and the run's counts.
-``--resume`` refuses to add rows from another model to a CSV whose record
-names a different one.
+sha256, feature set, head, threshold, site adjustments), the run's counts and
+a sha256 of the CSV's rows. It is rewritten just before every CSV write, and
+keeps the previous (model, rows) pair, so whichever of the two CSVs a kill
+leaves, the record names the model that wrote its rows. ``--resume`` keeps
+rows only when the record proves they come from the same model (it refuses,
+exit 2, rows of another model), matches paths after normalising them
+(relative or absolute), checks every kept row, keeps rows of inputs not given
+this time (after the others), and says what it kept and what it rescores.
 
 Exit codes: 0 every input was scored; 1 at least one input has
-``status=error``; 2 bad usage, unreadable model, another run holds the
-output's lock, or ``--resume`` with another model than the CSV's.
+``status=error``; 2 bad usage (including a bad list file or ``--out``), a
+refused model, another run holds the output's lock, ``--resume`` with another
+model than the CSV's, or an internal error (one line, no traceback).
 """
 
 from __future__ import annotations
@@ -33,23 +50,30 @@ import argparse
 import csv
 import datetime
 import fcntl
+import hashlib
 import io
 import json
+import math
+import os
+import stat
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from xray_features.cnn import MODELS_DIR
-from xray_features.io import read_xray
+from xray_features.io import XrayReadError, read_xray
 
 from .multiclass import is_multiclass, score_rows
 from .onnx_model import MANIFEST, load_onnx_model
-from .persist import ModelFileError, atomic_write_bytes, load_model, sha256_of
+from .persist import (ModelFileError, atomic_write_bytes, check_decision_numbers, load_model,
+                      sha256_of)
 
-__all__ = ["DEFAULT_MODEL", "COLUMNS", "expand_inputs", "score_paths", "main"]
+__all__ = ["DEFAULT_MODEL", "COLUMNS", "BLANK_STD", "DEFAULT_BATCH_PIXELS", "InputListError",
+           "expand_inputs", "content_error", "probabilities_of", "score_paths", "main"]
 
 DEFAULT_MODEL = MODELS_DIR / "default_pipeline.joblib"
 COLUMNS = ("path", "probability", "prediction", "label", "status", "error")
@@ -57,26 +81,110 @@ LIST_SUFFIXES = (".txt", ".lst")
 LABEL_NAMES = ("NORMAL", "PNEUMONIA")
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
+BLANK_STD = 0.01
+"""A film whose pixel standard deviation (on the reader's 0-1 scale) is below
+this has no image content: 0.01 is 2.6 grey levels of 255. The least varied of
+the 5,540 Kermany films (train, val, site_val) has 0.078, and 0.1 % of them
+are under 0.10."""
 
-def expand_inputs(arguments):
-    """Files, folders and list files -> an ordered list of paths (as given)."""
+DEFAULT_BATCH_PIXELS = 64_000_000
+"""Decoded pixels held at once while scoring (256 MB of float32): a batch is
+cut where the next image would pass it, so one image of the reader's largest
+size (64 M pixels) is scored alone."""
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+_ENCODING = ("utf-8", "surrogateescape")  # file names are bytes; keep them byte for byte
+
+
+class InputListError(OSError):
+    """A list file that cannot be read as a list of paths."""
+
+
+class UsageError(RuntimeError):
+    """Bad arguments (exit 2)."""
+
+
+# ---- inputs ------------------------------------------------------------------------------
+
+def expand_inputs(arguments, exclude=()):
+    """Files, folders and list files -> an ordered list of paths (as given).
+
+    Parameters
+    ----------
+    arguments : sequence of str
+        Image files, folders (searched recursively, sorted; hidden entries
+        skipped; directories and symlinks to directories skipped; anything
+        else, FIFOs and devices included, gets a row) and ``.txt``/``.lst``
+        list files (see `read_list`).
+    exclude : iterable of path
+        Files never taken from a folder (the run's own outputs).
+
+    Returns
+    -------
+    list of str
+    """
+    excluded = {os.path.realpath(p) for p in exclude}
+    excluded_names = {os.path.basename(p) for p in excluded}
     paths = []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            paths += sorted(str(p) for p in path.rglob("*")
-                            if not any(part.startswith(".") for part in p.relative_to(path).parts)
-                            and (p.is_file() or p.is_symlink()))
+            for found in sorted(str(p) for p in path.rglob("*")
+                                if not any(part.startswith(".")
+                                           for part in p.relative_to(path).parts)
+                                and (p.is_symlink() or not p.is_dir())):
+                if os.path.basename(found) in excluded_names \
+                        and os.path.realpath(found) in excluded:
+                    continue
+                paths.append(found)
         elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    listed = Path(line)
-                    paths.append(str(listed if listed.is_absolute() else path.parent / listed))
+            paths += read_list(path)
         else:
             paths.append(str(path))  # a missing file still gets its error row
     return paths
 
+
+def read_list(path):
+    """The paths a list file names, one per line.
+
+    Lines end at ``\\n`` only (so names holding U+0085 or U+2028 stay whole);
+    a leading UTF-8 byte-order mark, a trailing ``\\r`` and surrounding ASCII
+    blanks are dropped; bytes that are not UTF-8 are kept as they are (file
+    names are bytes). Blank lines, and lines that are ``#`` or start with
+    ``# `` are comments; any other line is a path, ``#name.jpeg`` included.
+    Relative paths are taken from the list's folder.
+
+    Raises
+    ------
+    InputListError
+        The list cannot be read, or is UTF-16/32 text.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputListError(f"{path}: cannot read the list ({exc.strerror or exc})") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (b"\0\0" in data[:4096]
+                                                       and b"\0" in data[:2]):
+        raise InputListError(f"{path}: the list is UTF-16 or UTF-32 text; save it as UTF-8")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    paths = []
+    for raw in data.split(b"\n"):
+        line = os.fsdecode(raw.strip(b" \t\r\f\v"))
+        if not line or line == "#" or line.startswith("# "):
+            continue
+        listed = Path(line)
+        paths.append(str(listed if listed.is_absolute() else path.parent / listed))
+    return paths
+
+
+def _list_files(arguments):
+    return [a for a in arguments
+            if Path(a).suffix.lower() in LIST_SUFFIXES and Path(a).is_file()]
+
+
+# ---- scoring -------------------------------------------------------------------------------
 
 def _error_row(path, message):
     return {"path": path, "probability": "", "prediction": "", "label": "",
@@ -89,43 +197,143 @@ def _ok_row(path, probability, threshold):
             "label": str(label), "status": "ok", "error": ""}
 
 
-def probabilities_of(model, paths, all_classes=False):
+def content_error(image):
+    """Why ``image`` (a 2-D array in [0, 1]) is not worth scoring, or None.
+
+    A film whose standard deviation is below `BLANK_STD` (uniform grey, all
+    black, a DICOM whose rescale slope is 0) has no content. Large images are
+    measured on a regular subsample of about a million pixels.
+    """
+    step = max(1, int(math.sqrt(image.size / 1_000_000)))
+    spread = float(np.std(image[::step, ::step], dtype=np.float64))
+    if not spread >= BLANK_STD:
+        return (f"no image content: the film is uniform (pixel standard deviation {spread:.4f} "
+                f"< {BLANK_STD} on a 0-1 scale)")
+    return None
+
+
+def _describe(path, exc):
+    text = str(exc)
+    if isinstance(exc, XrayReadError):
+        return text
+    kind = "not enough memory" if isinstance(exc, MemoryError) else type(exc).__name__
+    return f"{path}: {kind}: {text}" if text else f"{path}: {kind}"
+
+
+def _checked_probability(path, value):
+    """``value`` as a float, or the error message when it is no probability."""
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        return None, f"{path}: the model returned a non-numeric probability {value!r}"
+    if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+        return None, (f"{path}: the model returned an invalid probability ({p!r}); not scored, "
+                      "check the model")
+    return p, None
+
+
+def probabilities_of(model, paths, max_batch_pixels=DEFAULT_BATCH_PIXELS, all_classes=False):
     """The PNEUMONIA probability of each path (None where it failed) and
     ``{index: error message}`` for the failures; never raises for a bad image.
-    With ``all_classes``, each probability is the row of every class's."""
-    pick = (lambda row: row) if all_classes else (lambda row: float(row[1]))
+    With ``all_classes``, each probability is the row of every class's (a
+    three-class model's).
+
+    Parameters
+    ----------
+    model : sklearn.pipeline.Pipeline
+        Starts with `xray_features.io.ReadImages`.
+    paths : sequence of str
+    max_batch_pixels : int
+        Decoded pixels held at once: the images are scored in groups cut
+        where the next image would pass this (one image at least).
+    all_classes : bool
+        Return every class's probability, not only PNEUMONIA's.
+
+    Returns
+    -------
+    found : list of float or None
+    errors : dict of int to str
+        Unreadable files, films with no content (`content_error`) and
+        probabilities that are not finite or outside [0, 1].
+    """
     reader = model.steps[0][1]
     rest = model[1:]
-    found, errors, images, where = [None] * len(paths), {}, [], []
+    found, errors = [None] * len(paths), {}
+    images, where, held = [], [], 0
+
+    def flush():
+        _score_images(rest, paths, images, where, found, errors, all_classes)
+        images.clear()
+        where.clear()
+
     for i, path in enumerate(paths):
         try:
-            images.append(read_xray(path, max_pixels=reader.max_pixels, min_side=reader.min_side))
-            where.append(i)
-        except Exception as exc:  # XrayReadError, or anything unexpected
-            errors[i] = str(exc)
+            image = read_xray(path, max_pixels=reader.max_pixels, min_side=reader.min_side)
+            problem = content_error(image)
+        except Exception as exc:  # XrayReadError, MemoryError, anything unexpected
+            errors[i] = _describe(path, exc)
+            continue
+        if problem:
+            errors[i] = f"{path}: {problem}"
+            continue
+        if images and held + image.size > max_batch_pixels:
+            flush()
+            held = 0
+        images.append(image)
+        where.append(i)
+        held += image.size
+        del image
     if images:
-        try:
-            for i, row in zip(where, rest.predict_proba(images)):
-                found[i] = pick(row)
-        except Exception:  # isolate the image that breaks the batch
-            for i, image in zip(where, images):
-                try:
-                    found[i] = pick(rest.predict_proba([image])[0])
-                except Exception as exc:
-                    errors[i] = f"{paths[i]}: scoring failed: {exc}"
+        flush()
     return found, errors
 
 
-def score_paths(model, paths):
+def _score_images(rest, paths, images, where, found, errors, all_classes=False):
+    try:
+        rows = list(np.asarray(rest.predict_proba(images)))
+        if len(rows) != len(images):
+            raise ValueError(f"{len(rows)} probabilities for {len(images)} images")
+    except Exception:  # isolate the image that breaks the batch
+        rows = []
+        for i, image in zip(where, images):
+            try:
+                rows.append(np.asarray(rest.predict_proba([image]))[0])
+            except Exception as exc:
+                rows.append(None)
+                errors[i] = f"{paths[i]}: scoring failed: {_describe('', exc)[2:]}"
+    for i, row in zip(where, rows):
+        if i in errors:
+            continue
+        values = row if all_classes else row[1:2]
+        checked = [_checked_probability(paths[i], value) for value in values]
+        problem = next((message for _, message in checked if message), None)
+        if problem:
+            errors[i] = problem
+        else:
+            found[i] = np.array([p for p, _ in checked]) if all_classes else checked[0][0]
+
+
+def score_paths(model, paths, max_batch_pixels=DEFAULT_BATCH_PIXELS):
     """Score one batch of paths; returns one row dict per path, never raises
     for a bad image. A three-class model's rows have other columns
     (`pipelines.multiclass.score_rows`)."""
     if is_multiclass(model):
         return score_rows(model, paths)
     threshold = model.steps[-1][1].threshold_
-    found, errors = probabilities_of(model, paths)
+    found, errors = probabilities_of(model, paths, max_batch_pixels)
     return [_error_row(path, errors[i]) if i in errors else _ok_row(path, found[i], threshold)
             for i, path in enumerate(paths)]
+
+
+# ---- the CSV -----------------------------------------------------------------------------
+
+def _escaped(text):
+    """A field a spreadsheet shows as text: a ``'`` before a leading = + - @ tab CR or '."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _unescaped(text):
+    return text[1:] if text.startswith("'") else text
 
 
 def _csv_bytes(rows):
@@ -133,18 +341,93 @@ def _csv_bytes(rows):
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else COLUMNS,
                             lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode("utf-8")
+    writer.writerows({**row, "path": _escaped(row["path"]), "error": _escaped(row["error"])}
+                     for row in rows)
+    return buffer.getvalue().encode(*_ENCODING)
 
 
-def _read_done(out):
+def _read_rows(out):
+    """The rows of a score CSV (BOM, CRLF and quoting tolerated; the ``'``
+    escape removed), or None when ``out`` does not exist.
+
+    Raises
+    ------
+    UsageError
+        ``out`` is not a score CSV.
+    """
     try:
-        with open(out, newline="", encoding="utf-8") as handle:
-            return {row["path"]: row for row in csv.DictReader(handle)
-                    if row.get("status") in ("ok", "error")}
-    except (OSError, csv.Error, KeyError, UnicodeDecodeError):
-        return {}
+        data = Path(out).read_bytes()
+    except FileNotFoundError:
+        return None
+    text = data.decode(*_ENCODING)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        if header is None:
+            return []
+        if tuple(header) != COLUMNS:
+            raise UsageError(f"{out} is not a score CSV (its header is {header!r}); "
+                             "score into another --out")
+        rows = []
+        for fields in reader:
+            row = dict(zip(COLUMNS, fields + [""] * (len(COLUMNS) - len(fields))))
+            row["path"], row["error"] = _unescaped(row["path"]), _unescaped(row["error"])
+            row["_fields"] = len(fields)
+            rows.append(row)
+    except csv.Error as exc:
+        raise UsageError(f"{out}: unreadable CSV ({exc}); score into another --out") from None
+    return rows
 
+
+def _canonical(row):
+    """A row as the run record's digest sees it: a probability as 6 decimals and
+    a label as an integer when they parse, so a spreadsheet's re-save matches."""
+    fields = [row.get(column, "") for column in COLUMNS]
+    for k, convert in ((1, lambda v: f"{float(v):.6f}"), (3, lambda v: str(int(float(v))))):
+        try:
+            fields[k] = convert(fields[k]) if fields[k] != "" else ""
+        except (ValueError, OverflowError):
+            pass
+    return "\x1f".join(fields)
+
+
+def rows_sha256(rows):
+    """The sha256 of rows (dicts with `COLUMNS`), as the run record holds it."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(_canonical(row).encode(*_ENCODING) + b"\x1e")
+    return digest.hexdigest()
+
+
+def _row_problem(row, threshold):
+    """Why a row read back from a CSV cannot be kept, or None."""
+    if row.get("_fields", len(COLUMNS)) != len(COLUMNS):
+        return "wrong number of fields"
+    if not row["path"]:
+        return "no path"
+    if row["status"] == "error":
+        if row["probability"] or row["prediction"] or row["label"] or not row["error"]:
+            return "an error row with a score, or without a reason"
+        return None
+    if row["status"] != "ok":
+        return f"unknown status {row['status']!r}"
+    try:
+        p = float(row["probability"])
+    except ValueError:
+        return f"probability {row['probability']!r} is not a number"
+    if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+        return f"probability {row['probability']!r} is outside [0, 1]"
+    if row["prediction"] not in LABEL_NAMES or row["label"] != str(
+            LABEL_NAMES.index(row["prediction"])) or row["error"]:
+        return f"prediction {row['prediction']!r} / label {row['label']!r} are not a decision"
+    if abs(p - threshold) > 1e-6 and LABEL_NAMES[int(p >= threshold)] != row["prediction"]:
+        return f"prediction {row['prediction']} disagrees with the threshold {threshold:.6f}"
+    return None
+
+
+# ---- the lock, the run record, --out -----------------------------------------------------
 
 @contextmanager
 def _exclusive_lock(out):
@@ -175,55 +458,235 @@ def run_record_path(out):
     return Path(str(out) + ".run.json")
 
 
-def _check_resume_model(out, model_path, identity):
-    """Refuse to add ``model_path``'s rows to an ``out`` another model wrote."""
-    if not Path(out).exists():
-        return
+def _output_files(out):
+    return [Path(out), Path(str(out) + ".lock"), run_record_path(out)]
+
+
+def check_out(out, paths, list_files, model_path):
+    """Refuse an ``--out`` whose CSV, lock or record would clobber something.
+
+    Raises
+    ------
+    UsageError
+        One of them is a symlink or not a regular file, or is an input, a
+        list file, the model (or a file of its export folder) or its sidecar.
+    """
+    outputs = _output_files(out)
+    for output in outputs:
+        if output.is_symlink():
+            raise UsageError(f"--out {out}: {output} is a symbolic link; refusing to replace it")
+        try:
+            mode = output.stat().st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise UsageError(f"--out {out}: cannot check {output} ({exc.strerror})") from None
+        if not stat.S_ISREG(mode):
+            raise UsageError(f"--out {out}: {output} exists and is not a regular file; "
+                             "refusing to replace it")
+    model_path = Path(model_path)
+    protected = [model_path, Path(str(model_path) + ".sha256")] + [Path(p) for p in list_files]
+    model_dir = os.path.realpath(model_path) if model_path.is_dir() else None
+    real_outputs = {os.path.realpath(o): o for o in outputs}
+    for output in real_outputs:
+        if model_dir and os.path.dirname(output) == model_dir:
+            raise UsageError(f"--out {out}: it would write into the model folder {model_path}")
+    for path in protected:
+        if os.path.realpath(path) in real_outputs:
+            raise UsageError(f"--out {out}: it would overwrite {path} (the model or a list)")
+    identities = {}
+    for output in outputs:
+        try:
+            info = output.stat()
+            identities[(info.st_dev, info.st_ino)] = output
+        except OSError:
+            pass
+    lexical = {os.path.abspath(o) for o in outputs}
+    for path in paths:
+        clash = os.path.abspath(path) in lexical
+        if not clash and identities:
+            try:
+                info = os.stat(path)
+                clash = (info.st_dev, info.st_ino) in identities
+            except (OSError, ValueError):
+                pass
+        if clash:
+            raise UsageError(f"--out {out}: it would overwrite the input {path}")
+
+
+def _read_record(out):
     record_path = run_record_path(out)
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        print(f"warning: {out} has no run record ({record_path.name}); its rows are kept "
-              "without checking which model wrote them", file=sys.stderr)
-        return
+        return None
     except (OSError, ValueError) as exc:
         raise RuntimeError(f"{record_path}: unreadable run record ({exc}); score into "
                            "another --out") from None
-    if record.get("model_sha256") != identity:
-        raise RuntimeError(
-            f"{out} holds rows scored by {record.get('model')} (sha256 "
-            f"{str(record.get('model_sha256'))[:12]}…); --resume with {model_path} (sha256 "
-            f"{identity[:12]}…) would mix two models' rows: resume with that model, or "
-            "score into another --out")
+    if not isinstance(record, dict):
+        raise RuntimeError(f"{record_path}: unreadable run record (not an object); score into "
+                           "another --out")
+    return record
 
 
-def _write_run_record(out, model_path, identity, model, metadata, n_inputs, rows=None):
-    record = {
-        "model": str(model_path), "model_sha256": identity,
-        "feature_set": metadata.get("feature_set"), "head": metadata.get("head"),
-        "threshold": float(model.steps[-1][1].threshold_),
-        "site_adjustments": _site_adjustments(metadata).lstrip(", ") or None,
-        "inputs": n_inputs,
-        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if rows is not None:
-        record["ok"] = sum(row["status"] == "ok" for row in rows)
-        record["errors"] = len(rows) - record["ok"]
-    atomic_write_bytes(run_record_path(out), (json.dumps(record, indent=2) + "\n").encode())
+def _owner(record, digest):
+    """(model path, model sha256) that wrote rows with ``digest``, per the record;
+    None when the record does not describe them."""
+    for pair in (record, record.get("previous") or {}):
+        if isinstance(pair, dict) and pair.get("rows_sha256") == digest \
+                and pair.get("model_sha256"):
+            return pair.get("model"), pair["model_sha256"]
+    return None
+
+
+def _key(path, cwd):
+    return os.path.normpath(os.path.join(cwd, path))
+
+
+class _Output:
+    """The CSV and its run record, written as a pair: the record first (naming
+    this model and the rows about to be written, and the pair on disk before),
+    then the CSV."""
+
+    def __init__(self, out, model_path, identity, model, metadata, n_inputs, previous):
+        self.out = out
+        self.base = {
+            "model": str(model_path), "model_sha256": identity,
+            "feature_set": metadata.get("feature_set"), "head": metadata.get("head"),
+            "threshold": float(model.steps[-1][1].threshold_),
+            "site_adjustments": _site_adjustments(metadata).lstrip(", ") or None,
+            "cwd": os.getcwd(), "inputs": n_inputs,
+        }
+        self.previous = previous
+
+    def write(self, rows, final=False):
+        record = dict(self.base)
+        if final:
+            record["ok"] = sum(row["status"] == "ok" for row in rows)
+            record["errors"] = len(rows) - record["ok"]
+        record["rows"] = len(rows)
+        record["rows_sha256"] = rows_sha256(rows)
+        record["previous"] = self.previous
+        record["written"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds")
+        atomic_write_bytes(run_record_path(self.out),
+                           (json.dumps(record, indent=2) + "\n").encode())
+        atomic_write_bytes(self.out, _csv_bytes(rows))
+        self.previous = {"model": record["model"], "model_sha256": record["model_sha256"],
+                         "rows_sha256": record["rows_sha256"]}
+
+
+def _prepare(out, paths, model_path, identity, threshold, resume):
+    """What is on disk at ``out``: the rows kept for this run (None: to score),
+    rows of other inputs kept after them, the (model, rows) pair on disk, and
+    the lines that tell the user what happened."""
+    existing = _read_rows(out)
+    if existing is None:
+        return [None] * len(paths), [], None, []
+    try:
+        record = _read_record(out)
+    except RuntimeError:
+        if resume:
+            raise
+        record = None  # a fresh run replaces it
+    digest = rows_sha256(existing)
+    owner = _owner(record, digest) if record else None
+    on_disk = {"model": owner[0] if owner else None, "model_sha256": owner[1] if owner else None,
+               "rows_sha256": digest}
+    if not resume:
+        return [None] * len(paths), [], on_disk, []
+    notes = []
+    if record is None:
+        notes.append(f"warning: {out} has no run record ({run_record_path(out).name}); its rows "
+                     "are kept without checking which model wrote them")
+        cwd = os.getcwd()
+    else:
+        if owner is None and record.get("model_sha256") == identity:
+            notes.append(f"warning: the rows of {out} do not match its run record (changed since "
+                         f"they were written?); none of its {len(existing)} rows is kept and "
+                         "every input is scored again")
+            return [None] * len(paths), [], on_disk, notes
+        name, sha = owner if owner else (record.get("model"), record.get("model_sha256"))
+        if sha != identity:
+            raise RuntimeError(
+                f"{out} holds rows scored by {name} (sha256 {str(sha)[:12]}…); --resume with "
+                f"{model_path} (sha256 {identity[:12]}…) would mix two models' rows: resume "
+                "with that model, or score into another --out")
+        cwd = record.get("cwd") if isinstance(record.get("cwd"), str) else os.getcwd()
+    done, invalid, order = {}, [], []
+    for row in existing:
+        problem = _row_problem(row, threshold)
+        if problem:
+            invalid.append(f"{row['path'] or '(no path)'}: {problem}")
+            continue
+        key = _key(row["path"], cwd)
+        if key not in done:
+            order.append(key)
+        done[key] = {column: row[column] for column in COLUMNS}
+    here = os.getcwd()
+    rows, used = [], set()
+    for path in paths:
+        key = _key(path, here)
+        row = done.get(key)
+        if row is not None:
+            used.add(key)
+            if row["path"] != path:  # the same file, named another way this time
+                if row["error"].startswith(row["path"] + ": "):
+                    row = {**row, "error": path + row["error"][len(row["path"]):]}
+                row = {**row, "path": path}
+        rows.append(row)
+    others = [done[key] for key in order if key not in used]
+    n_kept = sum(row is not None for row in rows)
+    notes.append(f"resume: kept {n_kept} rows of {out}, {len(paths) - n_kept} inputs to score"
+                 + (f"; {len(others)} rows of inputs not given this time are kept after them"
+                    if others else ""))
+    if invalid:
+        notes.append(f"resume: {len(invalid)} invalid rows not kept (their inputs are scored "
+                     "again): " + "; ".join(invalid[:5]) + (" …" if len(invalid) > 5 else ""))
+    return rows, others, on_disk, notes
 
 
 def _remove_stale_temporaries(out):
-    """Delete temporary CSVs a killed run left (only call while holding the lock)."""
+    """Delete temporary files a killed run left (only call while holding the lock)."""
     out = Path(out)
-    prefix = f".{out.name}."
-    for path in out.parent.iterdir() if out.parent.is_dir() else []:
-        if path.name.startswith(prefix) and path.name.endswith(".tmp") and path.is_file():
-            path.unlink(missing_ok=True)
+    for name in (out.name, run_record_path(out).name):
+        prefix = f".{name}."
+        for path in out.parent.iterdir() if out.parent.is_dir() else []:
+            if path.name.startswith(prefix) and path.name.endswith(".tmp") and path.is_file():
+                path.unlink(missing_ok=True)
+
+
+# ---- the command line --------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """Bad usage: one line on stderr, exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.score", description=__doc__.split("\n\n")[0] + ".",
+    parser = _Parser(
+        prog="python -m pipelines.score", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders, or .txt/.lst files listing paths")
@@ -233,9 +696,14 @@ def build_parser():
                         "model")
     parser.add_argument("--out", default="scores.csv", help="output CSV (default scores.csv)")
     parser.add_argument("--resume", action="store_true",
-                        help="keep rows already in --out and score only the rest")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    parser.add_argument("--checkpoint-seconds", type=float, default=5.0,
+                        help="keep rows already in --out (from the same model) and score only "
+                        "the rest")
+    parser.add_argument("--batch-size", type=_positive_int, default=64,
+                        help="images per batch (default 64)")
+    parser.add_argument("--batch-pixels", type=_positive_int, default=DEFAULT_BATCH_PIXELS,
+                        help="decoded pixels held at once; a batch is cut where the next image "
+                        f"would pass it (default {DEFAULT_BATCH_PIXELS:,})")
+    parser.add_argument("--checkpoint-seconds", type=_seconds, default=5.0,
                         help="rewrite the CSV at most this often while scoring")
     parser.add_argument("--dask", metavar="ADDRESS|local", default=None,
                         help="score on a Dask cluster: 'local' (on this machine) or a scheduler "
@@ -246,42 +714,53 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    model_path = Path(args.model) if args.model else DEFAULT_MODEL
     try:
-        if model_path.is_dir():
-            model, metadata = load_onnx_model(model_path)
-        else:
-            model, metadata = load_model(model_path)
-    except ModelFileError as exc:
+        return _main(args)
+    except (ModelFileError, UsageError, RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:  # a bug: one line, never a traceback
+        print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _load(model_path):
+    if model_path.is_dir():
+        model, metadata = load_onnx_model(model_path)
+    else:
+        model, metadata = load_model(model_path)
+    check_decision_numbers(model, model_path)
+    return model, metadata
+
+
+def _main(args):
+    model_path = Path(args.model) if args.model else DEFAULT_MODEL
+    model, metadata = _load(model_path)
     if args.dask and model_path.is_dir():
-        print("error: --dask needs a .joblib model", file=sys.stderr)
-        return EXIT_USAGE
-    paths = expand_inputs(args.inputs)
+        raise UsageError("--dask needs a .joblib model")
+    paths = expand_inputs(args.inputs, exclude=_output_files(args.out))
     if not paths:
-        print("error: no input files found", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("no input files found")
+    check_out(args.out, paths, _list_files(args.inputs), model_path)
     identity = model_sha256(model_path)
+    threshold = model.steps[-1][1].threshold_
     try:
         with _exclusive_lock(args.out):
             _remove_stale_temporaries(args.out)
-            if args.resume:
-                _check_resume_model(args.out, model_path, identity)
-            _write_run_record(args.out, model_path, identity, model, metadata, len(paths))
-            rows = (_score_all_dask(model_path, paths, args) if args.dask
-                    else _score_all(model, paths, args))
-            _write_run_record(args.out, model_path, identity, model, metadata, len(paths), rows)
+            rows, others, on_disk, notes = _prepare(args.out, paths, model_path, identity,
+                                                    threshold, args.resume)
+            for note in notes:
+                print(note, file=sys.stderr)
+            output = _Output(args.out, model_path, identity, model, metadata, len(paths),
+                             on_disk)
+            rows = (_score_all_dask(model_path, paths, rows, others, output, args) if args.dask
+                    else _score_all(model, paths, rows, others, output, args))
     except ImportError as exc:  # the dask extra is missing: the message names it
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    failed = sum(row["status"] != "ok" for row in rows)
-    print(f"scored {len(rows) - failed} of {len(rows)} inputs with {model_path.name} "
+        raise UsageError(str(exc)) from None
+    failed = sum(row["status"] != "ok" for row in rows[:len(paths)])
+    print(f"scored {len(paths) - failed} of {len(paths)} inputs with {model_path.name} "
           f"({metadata.get('feature_set')}/{metadata.get('head')}, threshold "
-          f"{model.steps[-1][1].threshold_:.3f}{_site_adjustments(metadata)}); {failed} errors; "
+          f"{threshold:.3f}{_site_adjustments(metadata)}); {failed} errors; "
           f"wrote {args.out}", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
@@ -299,40 +778,36 @@ def _site_adjustments(metadata):
     return "".join(f", {note}" for note in notes)
 
 
-def _score_all_dask(model_path, paths, args):
+def _score_all_dask(model_path, paths, rows, others, output, args):
     from .dask_scoring import score_on_dask
 
-    rows, todo = _pending(paths, args)
+    todo = [i for i, row in enumerate(rows) if row is None]
     scored = score_on_dask(model_path, [paths[i] for i in todo], scheduler=args.dask,
                            batch_size=args.batch_size)
     for i, row in zip(todo, scored):
         rows[i] = row
-    atomic_write_bytes(args.out, _csv_bytes(rows))
+    rows = rows + others
+    output.write(rows, final=True)
     return rows
 
 
-def _pending(paths, args):
-    """Rows kept from ``--out`` under ``--resume`` (None elsewhere), and the indices to score."""
-    done = _read_done(args.out) if args.resume else {}
-    rows = [done.get(path) for path in paths]
-    return rows, [i for i, row in enumerate(rows) if row is None]
-
-
-def _score_all(model, paths, args):
-    rows, todo = _pending(paths, args)
+def _score_all(model, paths, rows, others, output, args):
+    todo = [i for i, row in enumerate(rows) if row is None]
     bar = tqdm(total=len(paths), initial=len(paths) - len(todo), unit="img", desc="scoring",
                disable=args.quiet, file=sys.stderr)
     last_write = time.monotonic()
     for start in range(0, len(todo), args.batch_size):
         batch = todo[start:start + args.batch_size]
-        for i, row in zip(batch, score_paths(model, [paths[i] for i in batch])):
+        for i, row in zip(batch, score_paths(model, [paths[i] for i in batch],
+                                             max_batch_pixels=args.batch_pixels)):
             rows[i] = row
         bar.update(len(batch))
         if time.monotonic() - last_write >= args.checkpoint_seconds:
-            atomic_write_bytes(args.out, _csv_bytes([r for r in rows if r is not None]))
+            output.write([r for r in rows if r is not None] + others)
             last_write = time.monotonic()
     bar.close()
-    atomic_write_bytes(args.out, _csv_bytes(rows))
+    rows = rows + others
+    output.write(rows, final=True)
     return rows
 
 

@@ -76,13 +76,23 @@ def test_list_file_and_missing_entries(tmp_path, model_path, mixed_folder):
     assert "not found" in rows[1]["error"]
 
 
-def _interrupted(out, keep=3):
-    """Cut ``out`` to its first ``keep`` rows, as a killed run leaves it."""
-    rows = _rows(out)[:keep]
-    with open(out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=score.COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+def _interrupted(args, keep=3):
+    """Run ``args`` and stop it (as a kill would) after its first checkpoint of
+    ``keep`` rows: the CSV and run record are what a killed run leaves."""
+    real, calls = score.score_paths, []
+
+    def stop_after_the_first_batch(model, paths, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(paths)
+        return real(model, paths, **kwargs)
+
+    score.score_paths = stop_after_the_first_batch
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            score.main(args + ["--batch-size", str(keep), "--checkpoint-seconds", "0"])
+    finally:
+        score.score_paths = real
 
 
 def test_resume_skips_done_rows(mixed_folder, model_path, tmp_path, monkeypatch):
@@ -90,10 +100,12 @@ def test_resume_skips_done_rows(mixed_folder, model_path, tmp_path, monkeypatch)
     args = [str(mixed_folder), "--model", str(model_path), "--out", str(out), "--quiet"]
     score.main(args)
     full = _rows(out)
-    _interrupted(out)
+    _interrupted(args)
+    assert _rows(out) == full[:3]
     seen = []
     real = score.score_paths
-    monkeypatch.setattr(score, "score_paths", lambda m, p: seen.extend(p) or real(m, p))
+    monkeypatch.setattr(score, "score_paths",
+                        lambda m, p, **kw: seen.extend(p) or real(m, p, **kw))
     score.main(args + ["--resume"])
     assert _rows(out) == full
     assert sorted(seen) == sorted(r["path"] for r in full[3:])
@@ -115,8 +127,7 @@ def test_run_record_names_the_model_and_counts(mixed_folder, model_path, tmp_pat
 def test_resume_with_another_model_is_refused(mixed_folder, model_path, tmp_path, capsys):
     out = tmp_path / "s.csv"
     args = [str(mixed_folder), "--out", str(out), "--quiet"]
-    score.main(args + ["--model", str(model_path)])
-    _interrupted(out)
+    _interrupted(args + ["--model", str(model_path)])
     before = out.read_bytes(), score.run_record_path(out).read_bytes()
     other = model_path.with_name("hog-xgb.joblib")
     capsys.readouterr()
@@ -132,7 +143,7 @@ def test_resume_without_a_run_record_warns_and_keeps_the_rows(mixed_folder, mode
     args = [str(mixed_folder), "--model", str(model_path), "--out", str(out), "--quiet"]
     score.main(args)
     full = _rows(out)
-    _interrupted(out)
+    _interrupted(args)
     score.run_record_path(out).unlink()  # a CSV from before run records existed
     capsys.readouterr()
     score.main(args + ["--resume"])

@@ -10,13 +10,19 @@ array of shape ``(height, width)`` with values in ``[0, 1]``:
   window when present, is inverted when MONOCHROME1, and is min-max scaled.
 
 The format is found from the file's bytes, not its extension. Every failure
-raises `XrayReadError`, whose message names the file and the reason. The
-pixel-count guard is checked from the header, before any pixel is decoded.
+raises `XrayReadError`, whose message names the file and the reason. Before
+anything is read, the path is checked with ``fstat`` on a non-blocking handle:
+only a regular file (also behind a symlink) of at most ``max_bytes`` is read,
+so a device, FIFO or socket is refused at once. The pixel-count guard and the
+decode-work guards (JPEG scan count, PNG inflated size) are checked before any
+pixel is decoded.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
 import struct
 import zlib
 
@@ -24,7 +30,8 @@ import cv2
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-__all__ = ["XrayReadError", "read_xray", "ReadImages", "DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE"]
+__all__ = ["XrayReadError", "read_xray", "ReadImages", "DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE",
+           "DEFAULT_MAX_BYTES", "MAX_JPEG_SCANS"]
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """Largest width*height accepted (a 30,000 x 30,000 "bomb" is 900 M)."""
@@ -35,7 +42,17 @@ DEFAULT_MIN_SIDE = 32
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DICOM_MAGIC_OFFSET = 128
-_MAX_HEADER_BYTES = 1 << 20
+DEFAULT_MAX_BYTES = 256 << 20
+"""Largest file read (256 MiB): a 64 M-pixel 16-bit DICOM is 128 MiB, an
+8-bit RGBA one 256 MiB; anything bigger is refused from its size, unread."""
+
+MAX_JPEG_SCANS = 128
+"""Most scans (SOS markers) accepted in a JPEG. Baseline files have one per
+colour plane, progressive ones about 10; a decoder does a pass over the whole
+image for each, so 10,000 scans of a 7999^2 image take most of a minute."""
+
+_MAX_JPEG_SEGMENTS = 10_000  # header segments walked before the frame header
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
 
 
 class XrayReadError(ValueError):
@@ -47,7 +64,8 @@ class XrayReadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def read_xray(path, *, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE, max_side=None):
+def read_xray(path, *, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE, max_side=None,
+              max_bytes=DEFAULT_MAX_BYTES):
     """Read an image file as a 2-D float32 array in [0, 1].
 
     Parameters
@@ -66,14 +84,32 @@ def read_xray(path, *, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE,
         result may be larger than ``max_side``. Pixels differ slightly from a
         full-size read followed by a resize. The size checks use the full
         size. PNG and DICOM are always read at full size.
+    max_bytes : int
+        Refuse files larger than this, from their size, before reading them.
+
+    Returns
+    -------
+    ndarray of shape (height, width), float32
+        The image, C-contiguous, values in [0, 1].
 
     Raises
     ------
     XrayReadError
-        Missing, empty, truncated or corrupt file, not an image, an
-        unsupported pixel mode, or too many / too few pixels.
+        Missing, empty, truncated or corrupt file; not a regular file (a
+        device, FIFO or socket, also behind a symlink); a file over
+        ``max_bytes``; not an image; an unsupported pixel mode; too many / too
+        few pixels; too much decoding work (a JPEG with more than
+        `MAX_JPEG_SCANS` scans, a PNG whose image data inflates past what its
+        header needs); or not enough memory to decode it.
     """
-    data = _read_bytes(path)
+    try:
+        return _read_xray(path, max_pixels, min_side, max_side, max_bytes)
+    except MemoryError:
+        raise XrayReadError(path, "not enough memory to read and decode it") from None
+
+
+def _read_xray(path, max_pixels, min_side, max_side, max_bytes):
+    data = _read_bytes(path, max_bytes)
     kind = _sniff(data)
     if kind == "png":
         width, height = _png_size(path, data)
@@ -84,18 +120,45 @@ def read_xray(path, *, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE,
     else:
         raise XrayReadError(path, "not an image: unrecognised content (expected JPEG, PNG or DICOM)")
     _check_size(path, width, height, max_pixels, min_side)
+    if kind == "png":
+        _check_png_inflated_size(path, data, width, height)
     if kind == "jpeg":
         _check_jpeg_complete(path, data)
+        _check_jpeg_scans(path, data)
         reduction = _jpeg_reduction(width, height, max_side)
         if reduction > 1:
             return _decode_reduced_jpeg(path, data, reduction)
     return _decode_raster(path, data)
 
 
-def _read_bytes(path):
+_FILE_KINDS = ((stat.S_ISDIR, "is a directory, not a file"),
+               (stat.S_ISFIFO, "not a regular file: a FIFO (named pipe)"),
+               (stat.S_ISSOCK, "not a regular file: a socket"),
+               (stat.S_ISCHR, "not a regular file: a character device"),
+               (stat.S_ISBLK, "not a regular file: a block device"))
+
+
+def _nonblocking(name, flags):
+    # O_NONBLOCK: opening a FIFO with no writer returns at once instead of
+    # waiting forever; fstat then refuses it before any read.
+    return os.open(name, flags | os.O_NONBLOCK)
+
+
+def _read_bytes(path, max_bytes=DEFAULT_MAX_BYTES):
+    if not isinstance(path, (str, bytes, os.PathLike)):  # an int would be a file descriptor
+        raise XrayReadError(path, f"not a file path: {type(path).__name__}")
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        with open(path, "rb", buffering=0, opener=_nonblocking) as handle:
+            info = os.fstat(handle.fileno())
+            for test, reason in _FILE_KINDS:
+                if test(info.st_mode):
+                    raise XrayReadError(path, reason)
+            if not stat.S_ISREG(info.st_mode):
+                raise XrayReadError(path, "not a regular file")
+            if info.st_size > max_bytes:
+                raise XrayReadError(path, f"file too large: {info.st_size:,} bytes > limit "
+                                    f"{max_bytes:,}")
+            data = _read_at_most(handle, max_bytes)
     except FileNotFoundError:
         raise XrayReadError(path, "file not found") from None
     except IsADirectoryError:
@@ -104,9 +167,27 @@ def _read_bytes(path):
         raise XrayReadError(path, "permission denied") from None
     except OSError as exc:
         raise XrayReadError(path, f"cannot open: {exc.strerror or exc}") from None
+    except XrayReadError:
+        raise
+    except ValueError as exc:  # "embedded null byte" and the like, from the name itself
+        raise XrayReadError(path, f"invalid file name: {exc}") from None
     if not data:
         raise XrayReadError(path, "empty file (0 bytes)")
+    if len(data) > max_bytes:  # it grew after the size check
+        raise XrayReadError(path, f"file too large: more than {max_bytes:,} bytes")
     return data
+
+
+def _read_at_most(handle, max_bytes):
+    """The file's bytes, reading no more than ``max_bytes + 1`` of them."""
+    chunks, total = [], 0
+    while total <= max_bytes:
+        chunk = handle.read(min(1 << 24, max_bytes + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _sniff(data):
@@ -139,14 +220,66 @@ def _png_size(path, data):
     return width, height
 
 
+def _png_raw_size(data, width, height):
+    """Bytes of filtered image data the IHDR calls for (None: unknown layout)."""
+    bit_depth, colour_type, interlace = data[24], data[25], data[28]
+    channels = _PNG_CHANNELS.get(colour_type)
+    if channels is None or bit_depth not in (1, 2, 4, 8, 16):
+        return None
+    bits = bit_depth * channels
+
+    def rows_size(w, h):
+        return 0 if w == 0 or h == 0 else h * (1 + (w * bits + 7) // 8)
+
+    if interlace != 1:
+        return rows_size(width, height)
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4),
+              (1, 0, 2, 2), (0, 1, 1, 2))  # Adam7: x0, y0, dx, dy
+    return sum(rows_size(-(-(width - x0) // dx), -(-(height - y0) // dy))
+               for x0, y0, dx, dy in passes)
+
+
+def _check_png_inflated_size(path, data, width, height):
+    """Inflate the IDAT stream (output discarded) and refuse one that holds
+    more than its header's image needs: bounds the work and memory of the
+    decoder, whatever the compressed size."""
+    expected = _png_raw_size(data, width, height)
+    if expected is None:
+        return  # an invalid IHDR: the decoder refuses it
+    inflater, produced, pos = zlib.decompressobj(), 0, 8
+    limit = expected + 64
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            chunk = data[pos + 8:pos + 8 + length]
+            try:
+                while chunk and not inflater.eof:
+                    produced += len(inflater.decompress(chunk, 1 << 22))
+                    if produced > limit:
+                        raise XrayReadError(
+                            path, f"PNG image data inflates to more than the {expected:,} bytes "
+                            f"its {width}x{height} header needs (a decompression bomb)")
+                    chunk = inflater.unconsumed_tail
+            except zlib.error:
+                return  # corrupt data: the decoder gives the error
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+
+
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 def _jpeg_size(path, data):
     """Width and height from the first SOF marker, without decoding."""
-    pos = 2
-    end = min(len(data), _MAX_HEADER_BYTES)
+    pos, segments = 2, 0
+    end = len(data)
     while pos + 4 <= end:
+        segments += 1
+        if segments > _MAX_JPEG_SEGMENTS:
+            raise XrayReadError(path, f"corrupt JPEG: more than {_MAX_JPEG_SEGMENTS:,} "
+                                "segments before the frame header")
         if data[pos] != 0xFF:
             raise XrayReadError(path, "corrupt JPEG: bad marker structure")
         marker = data[pos + 1]
@@ -168,6 +301,15 @@ def _jpeg_size(path, data):
             break
         pos += 2 + length
     raise XrayReadError(path, "truncated or corrupt JPEG: no frame header")
+
+
+def _check_jpeg_scans(path, data):
+    # FF DA (start of scan) never occurs inside entropy-coded data (an FF
+    # there is followed by 00 or a restart marker), so this counts the scans.
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise XrayReadError(path, f"too much decoding work: {scans:,} JPEG scans > limit "
+                            f"{MAX_JPEG_SCANS}")
 
 
 def _check_jpeg_complete(path, data):
@@ -204,7 +346,16 @@ def _decode_reduced_jpeg(path, data, factor):
         raise XrayReadError(path, "corrupt image: the decoder rejected it")
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    return np.ascontiguousarray(image, dtype=np.float32) / np.float32(255.0)
+    return _scaled(image, 255.0)
+
+
+def _scaled(image, scale):
+    """``image`` as float32 divided by ``scale``; the same values as
+    ``np.ascontiguousarray(image, np.float32) / np.float32(scale)``, without
+    the second full-size array."""
+    out = np.array(image, dtype=np.float32, order="C")
+    out /= np.float32(scale)
+    return out
 
 
 def _decode_raster(path, data):
@@ -231,7 +382,7 @@ def _decode_raster(path, data):
         scale = 65535.0
     else:
         raise XrayReadError(path, f"unsupported pixel mode: dtype {image.dtype}")
-    return np.ascontiguousarray(image, dtype=np.float32) / np.float32(scale)
+    return _scaled(image, scale)
 
 
 def _read_dicom(path, data, max_pixels, min_side):
@@ -243,14 +394,25 @@ def _read_dicom(path, data, max_pixels, min_side):
 
     try:
         dataset = pydicom.dcmread(BytesIO(data))
+    except MemoryError:
+        raise
     except Exception as exc:
-        raise XrayReadError(path, f"corrupt DICOM: {exc}") from None
+        raise XrayReadError(path, f"corrupt DICOM: {_clean(exc)}") from None
     try:
         return _dicom_pixels(path, dataset, max_pixels, min_side)
-    except XrayReadError:
+    except (XrayReadError, MemoryError):
         raise
     except Exception as exc:  # pydicom raises many types on corrupt elements
-        raise XrayReadError(path, f"corrupt DICOM: {type(exc).__name__}: {exc}") from None
+        raise XrayReadError(path, f"corrupt DICOM: {type(exc).__name__}: {_clean(exc)}") from None
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _clean(exc):
+    """An exception's message without memory addresses (``<... at 0x7f...>``),
+    which differ from run to run and mean nothing to a reader."""
+    return _ADDRESS.sub("", str(exc))
 
 
 def _dicom_pixels(path, dataset, max_pixels, min_side):
@@ -267,8 +429,10 @@ def _dicom_pixels(path, dataset, max_pixels, min_side):
         raise XrayReadError(path, f"unsupported DICOM photometric interpretation: {photometric}")
     try:
         pixels = dataset.pixel_array
+    except MemoryError:
+        raise
     except Exception as exc:
-        raise XrayReadError(path, f"corrupt DICOM pixel data: {exc}") from None
+        raise XrayReadError(path, f"corrupt DICOM pixel data: {_clean(exc)}") from None
     if pixels.ndim != 2:
         raise XrayReadError(path, f"unsupported DICOM pixel shape {pixels.shape}")
     values = apply_modality_lut(pixels, dataset)
