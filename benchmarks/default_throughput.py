@@ -3,7 +3,8 @@
     python benchmarks/default_throughput.py --n 1000 \\
         --model xray_features/models/default_pipeline.joblib --model-at HEAD~1
 
-Each model scores the same ``--n`` training JPEGs through the command a user
+Each model scores the same training JPEGs (every third of train/, at most
+``--n``) through the command a user
 runs, ``python -m pipelines.score LIST --model M --out CSV`` (process start,
 model load, decode, preprocessing, features, head, CSV), ``--rounds`` times,
 the models interleaved so that each round sees the same machine load; the best
@@ -51,7 +52,8 @@ def score_once(model, listing, out):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "kermany"))
-    parser.add_argument("--n", type=int, default=1000, help="training JPEGs scored")
+    parser.add_argument("--n", type=int, default=1000,
+                        help="training JPEGs scored (every third of train/, at most N)")
     parser.add_argument("--model", action="append", default=[], help="a saved model (repeat)")
     parser.add_argument("--model-at", action="append", default=[], metavar="REV",
                         help="the packaged default at git revision REV (repeat)")
