@@ -2,7 +2,7 @@
 
 A fresh feature cache gave 3 of the 5,494 training and site_val HOG rows one
 float32 ulp away from the cached ones, and the five-set comparison's
-``hog/logreg`` Youden threshold went 0.738 -> 0.803 (README, *Results*). This
+``hog/logreg`` Youden threshold went 0.738 -> 0.803 (docs/results.md). This
 study repeats that on train/ alone: the default hybrid's logistic head is
 cross-fitted on the pipelines' folds with the default copies, once as it is and
 once with ``--rows`` random training rows nudged by one ulp (every non-zero

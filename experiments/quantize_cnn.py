@@ -11,8 +11,7 @@ PNEUMONIA, never site_val), preprocessed as the network's
 ``.preprocess.json`` says; the sidecar is copied beside the output. The
 result is deterministic (the same sha256 on a rerun). It prints the speed
 and the probability error against fp32 on 48 other training films; the
-accuracy cost on whole sets is measured by ``--measure`` (README,
-*Performance*).
+accuracy cost on whole sets is measured by ``--measure`` (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ scikit-learn:
 - `HybridClassifier`: an estimator whose `~HybridClassifier.fit` builds the
   same training copies (counter-squash and zoom), the same patient-grouped
   folds, calibration and threshold as ``python -m pipelines.run`` does for one
-  feature set and head, so the model it fits is the one the README's figures
+  feature set and head, so the model it fits is the one the figures in docs/results.md
   describe.
 - `load_default` (and `load`): the packaged model (or any saved one), ready to
   `~XrayModel.predict_proba` and to give `~XrayModel.features` (embeddings).
@@ -135,13 +135,13 @@ class HybridClassifier(_ImageModelMixin, ClassifierMixin, BaseEstimator):
     head : {"logreg", "xgb"}, default="logreg"
         ``"xgb"`` needs the ``xgb`` extra (XGBoost).
     augment : {"counter-squash+zoom", "counter-squash", "none"}, default="counter-squash+zoom"
-        Training copies of each image (README, *Layout and data flow*).
+        Training copies of each image (docs/design.md).
     cv : int, list of (train, test) index pairs, or a splitter, default=5
         An int gives `xray_features.dataset.make_folds` (patient-grouped,
         label-stratified, seeded by ``random_state``), the folds of
         ``pipelines.run``. A splitter's ``split(X, y, groups)`` is called.
     threshold_rule : str, default="sensitivity:0.95"
-        ``"sensitivity:T"``, ``"youden"`` or a number (README, *The operating point*).
+        ``"sensitivity:T"``, ``"youden"`` or a number (docs/results.md, *The operating point*).
     lung_crop : bool, default=False
         Add `LungCrop` to the preprocessing.
     class_names : tuple of two str, default=("NORMAL", "PNEUMONIA")

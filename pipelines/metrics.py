@@ -70,7 +70,7 @@ def youden_threshold(y, p):
     return float(candidates[np.argmax(sensitivity + specificity - 1)])
 
 
-# The declared operating point (README, "The operating point"): the highest
+# The declared operating point (docs/results.md, "The operating point"): the highest
 # threshold that keeps 95 % of the out-of-fold PNEUMONIA films called PNEUMONIA.
 DEFAULT_THRESHOLD_RULE = "sensitivity:0.95"
 

@@ -31,7 +31,7 @@ __all__ = ["write_report", "write_predictions", "read_predictions", "plot_roc", 
            "GOAL", "INTENDED_USE", "TRUE_LABEL"]
 
 _SHOWN = ("auc", "accuracy", "sensitivity", "specificity", "f1", "brier")
-# the project's goal at a new site (README, *Against the published anchors*)
+# the project's goal at a new site (docs/results.md, *Against the published anchors*)
 GOAL = {"auc": 0.97, "accuracy": 0.93, "sensitivity": 0.93, "specificity": 0.90}
 INTENDED_USE = (
     "Research use: sorting pediatric (ages 1-5) anterior-posterior chest X-rays into NORMAL or "

@@ -89,7 +89,7 @@ def build_parser():
     parser.add_argument("--threshold-rule", default=DEFAULT_THRESHOLD_RULE,
                         help="how the threshold is chosen from out-of-fold predictions: "
                         "'sensitivity:T' (the highest threshold keeping that share of "
-                        "PNEUMONIA films called PNEUMONIA; README, 'The operating point'), "
+                        "PNEUMONIA films called PNEUMONIA; docs/results.md, 'The operating point'), "
                         "'youden' or a number")
     parser.add_argument("--lung-crop", action="store_true",
                         help="add LungCrop to the preprocessing (off by default: it lowered "
@@ -345,7 +345,7 @@ def main(argv=None):
     hybrid_vs_baselines = {name: paired(hybrid, name) for name in models
                            if name.startswith("baseline/")}
     verdict = comparisons[selected]["cv"]["verdict"]
-    summary = (f"Selected by the training-data rule (README, 'How the default is chosen'; "
+    summary = (f"Selected by the training-data rule (docs/results.md, 'How the default is chosen'; "
                f"without looking at the evaluation set): {selected}, CV AUC "
                f"{models[selected]['cv']['auc']:.3f} vs {models[PROBE]['cv']['auc']:.3f} for "
                f"{PROBE}: {verdict} (patient-level paired bootstrap, DeLong p = "
