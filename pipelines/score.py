@@ -367,12 +367,13 @@ def _read_rows(out):
         header = next(reader, None)
         if header is None:
             return []
-        if tuple(header) != COLUMNS:
+        if not _is_score_header(header):
             raise UsageError(f"{out} is not a score CSV (its header is {header!r}); "
                              "score into another --out")
+        columns = tuple(header)
         rows = []
         for fields in reader:
-            row = dict(zip(COLUMNS, fields + [""] * (len(COLUMNS) - len(fields))))
+            row = dict(zip(columns, fields + [""] * (len(columns) - len(fields))))
             row["path"], row["error"] = _unescaped(row["path"]), _unescaped(row["error"])
             row["_fields"] = len(fields)
             rows.append(row)
@@ -381,15 +382,33 @@ def _read_rows(out):
     return rows
 
 
+def _is_score_header(header):
+    """A binary score CSV's `COLUMNS`, or a three-class one's
+    (``path, p_<class>..., prediction, status, error``)."""
+    header = tuple(header)
+    return header == COLUMNS or (
+        len(header) >= 5 and header[0] == "path" and header[-3:] == ("prediction", "status", "error")
+        and all(c.startswith("p_") for c in header[1:-3]))
+
+
+def _row_columns(row):
+    return [column for column in row if not column.startswith("_")]
+
+
 def _canonical(row):
-    """A row as the run record's digest sees it: a probability as 6 decimals and
+    """A row as the run record's digest sees it: probabilities as 6 decimals and
     a label as an integer when they parse, so a spreadsheet's re-save matches."""
-    fields = [row.get(column, "") for column in COLUMNS]
-    for k, convert in ((1, lambda v: f"{float(v):.6f}"), (3, lambda v: str(int(float(v))))):
+    fields = []
+    for column in _row_columns(row) if "probability" not in row else COLUMNS:
+        value = row.get(column, "")
+        convert = (lambda v: f"{float(v):.6f}") if column == "probability" or \
+            column.startswith("p_") else (lambda v: str(int(float(v)))) if column == "label" \
+            else None
         try:
-            fields[k] = convert(fields[k]) if fields[k] != "" else ""
+            value = convert(value) if convert and value != "" else value
         except (ValueError, OverflowError):
             pass
+        fields.append(value)
     return "\x1f".join(fields)
 
 
@@ -403,8 +422,10 @@ def rows_sha256(rows):
 
 def _row_problem(row, threshold):
     """Why a row read back from a CSV cannot be kept, or None."""
-    if row.get("_fields", len(COLUMNS)) != len(COLUMNS):
+    if row.get("_fields", len(_row_columns(row))) != len(_row_columns(row)):
         return "wrong number of fields"
+    if "probability" not in row:
+        return _class_row_problem(row)
     if not row["path"]:
         return "no path"
     if row["status"] == "error":
@@ -424,6 +445,29 @@ def _row_problem(row, threshold):
         return f"prediction {row['prediction']!r} / label {row['label']!r} are not a decision"
     if abs(p - threshold) > 1e-6 and LABEL_NAMES[int(p >= threshold)] != row["prediction"]:
         return f"prediction {row['prediction']} disagrees with the threshold {threshold:.6f}"
+    return None
+
+
+def _class_row_problem(row):
+    """`_row_problem` for a three-class row: every ``p_<class>`` a probability,
+    together summing to 1, and the prediction one of the classes."""
+    if not row["path"]:
+        return "no path"
+    columns = [c for c in row if c.startswith("p_")]
+    if row["status"] == "error":
+        if any(row[c] for c in columns) or row["prediction"] or not row["error"]:
+            return "an error row with a score, or without a reason"
+        return None
+    if row["status"] != "ok" or row["error"]:
+        return f"unknown status {row['status']!r}"
+    try:
+        p = [float(row[c]) for c in columns]
+    except ValueError:
+        return "a class probability is not a number"
+    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in p) or abs(sum(p) - 1) > 1e-4:
+        return "the class probabilities are not a distribution"
+    if row["prediction"] not in [c[2:].upper() for c in columns]:
+        return f"prediction {row['prediction']!r} is not one of the classes"
     return None
 
 
@@ -622,7 +666,7 @@ def _prepare(out, paths, model_path, identity, threshold, resume):
         key = _key(row["path"], cwd)
         if key not in done:
             order.append(key)
-        done[key] = {column: row[column] for column in COLUMNS}
+        done[key] = {column: row[column] for column in _row_columns(row)}
     here = os.getcwd()
     rows, used = [], set()
     for path in paths:

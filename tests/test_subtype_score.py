@@ -42,3 +42,29 @@ def test_binary_scoring_columns_unchanged(trained_run, synthetic_data, tmp_path)
                                "--out", str(csv_path), "--quiet"]) == 0
     with open(csv_path, newline="") as handle:
         assert list(next(csv.DictReader(handle))) == list(score.COLUMNS)
+
+
+def test_three_class_scores_rerun_and_resume(subtype_run, tmp_path, capsys):
+    """A three-class CSV is a score CSV: a rerun replaces it, --resume keeps its
+    valid rows (with the model that wrote them) and rescores a hand-edited one."""
+    data, out = subtype_run
+    model = str(out / "models" / "hog-logreg.joblib")
+    paths = sorted(str(p) for p in (data / "test").rglob("*.png"))
+    csv_path = tmp_path / "s.csv"
+    args = ["--model", model, "--out", str(csv_path), "--quiet"]
+    assert score.main(paths[:4] + args) == 0
+    assert score.main(paths[:4] + args) == 0  # a fresh run over its own CSV
+    first = csv_path.read_text().splitlines()
+    lines = list(first)
+    cells = lines[2].split(",")
+    cells[1:4] = ["0.9", "0.9", "0.9"]  # not a distribution: must be scored again
+    lines[2] = ",".join(cells)
+    csv_path.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert score.main(paths + args + ["--resume"]) == 0
+    said = capsys.readouterr()
+    assert "kept" in said.out + said.err
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["path"] for r in rows] == paths and {r["status"] for r in rows} == {"ok"}
+    assert csv_path.read_text().splitlines()[:5] == first  # the edited row rescored as before
