@@ -4,7 +4,7 @@
     python experiments/compare_baselines.py --reference cnn_lite0_128_aug_e3
 
 Reads the prediction tables `train_cnn.py` wrote and that were copied to
-`experiments/oof/` (out-of-fold on train/) and `experiments/oof/site_val/`
+`xray_features/models/oof/` (out-of-fold on train/) and `xray_features/models/oof/site_val/`
 (the final model on site_val). CIs and differences come from a patient-level
 bootstrap (1,000 resamples), paired between runs on the same images.
 """

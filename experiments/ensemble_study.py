@@ -37,7 +37,7 @@ REFERENCE = "hog+cnn/logreg"
 
 
 def saved_site_scores(member, paths):
-    """A fine-tuned CNN baseline's site_val scores from ``experiments/oof/site_val/``
+    """A fine-tuned CNN baseline's site_val scores from ``xray_features/models/oof/site_val/``
     (written by train_cnn.py), for runs without its packaged ONNX."""
     key = lambda path: tuple(Path(path).parts[-2:])  # noqa: E731  (label folder, file)
     table = {key(p): proba for p, (_, _, proba) in

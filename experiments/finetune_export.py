@@ -32,13 +32,14 @@ from finetune_224 import FineTuned  # noqa: E402
 from studies import log_row  # noqa: E402
 from train_cnn import export, scores, write_predictions  # noqa: E402
 
+from pipelines.baselines import OOF_DIR  # noqa: E402
 from pipelines.metrics import youden_threshold  # noqa: E402
 from xray_features import index_dataset, read_xray  # noqa: E402
 from xray_features.cnn import OnnxCNNClassifier  # noqa: E402
 from xray_features.hashing import file_sha256  # noqa: E402
 from xray_features.preprocess import default_preprocessor  # noqa: E402
 
-OOF = Path(__file__).resolve().parent / "oof"
+OOF = OOF_DIR  # xray_features/models/oof
 
 
 def load(state_path):

@@ -18,7 +18,7 @@ only to score the other half.
 First it prints a diagnostic, the oracle operating point: the best
 specificity at sensitivity >= 0.93 and the best accuracy over all thresholds,
 chosen with site_val's own labels, for the run's models and the 224-px
-fine-tuned CNNs' saved site_val tables (``experiments/oof/site_val/cnn_ft224*``).
+fine-tuned CNNs' saved site_val tables (``xray_features/models/oof/site_val/cnn_ft224*``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ seeds, and their mean-logit ensemble.
     python experiments/seed_study.py --site-val      # + one logged look at the ensemble
 
 Each run's picked recipe is used. A seed's site_val scores are read from its
-saved table (``<run>/oof/site_val/`` or ``experiments/oof/site_val/``), which
+saved table (``<run>/oof/site_val/`` or ``xray_features/models/oof/site_val/``), which
 `finetune_export.py --site-val` wrote and logged, so only the ensemble is a new
 look. Its threshold is Youden on its out-of-fold mean logit.
 """

@@ -1,7 +1,7 @@
 """Fine-tuned pure-CNN baselines: their saved out-of-fold predictions.
 
 `experiments/train_cnn.py` cross-fits each CNN on `make_folds` and writes
-``experiments/oof/<name>.csv`` (columns ``path,label,fold,proba``; paths
+``xray_features/models/oof/<name>.csv`` (columns ``path,label,fold,proba``; paths
 relative to the data root). The final model, trained on all of train/, is
 ``xray_features/models/<name>.onnx``, with ``<name>.preprocess.json`` beside
 it: the `default_preprocessor` options its training images went through
@@ -10,7 +10,7 @@ the folds of this run, so every model is compared on the same splits.
 
 A baseline whose final model is not packaged (``cnn_ft224_acq``, fine-tuned at
 224 px on a GPU by `experiments/finetune_224.py`) can still be scored on an
-evaluation set its study scored: ``experiments/oof/site_val/<name>.csv`` with
+evaluation set its study scored: ``xray_features/models/oof/site_val/<name>.csv`` with
 a ``sha256`` column holds its final model's probabilities, matched to the
 evaluation images by file content; used only when it covers all of them.
 """
@@ -31,7 +31,8 @@ from .metrics import DEFAULT_THRESHOLD_RULE, choose_threshold
 
 __all__ = ["OOF_DIR", "finetuned_baselines", "read_oof"]
 
-OOF_DIR = Path(__file__).resolve().parent.parent / "experiments" / "oof"
+# the packaged evidence: out-of-fold (and saved evaluation) predictions of the CNNs
+OOF_DIR = MODELS_DIR / "oof"
 
 
 def read_oof(path):

@@ -280,7 +280,7 @@ def test_packaged_baseline_without_preprocessing_sidecar_is_refused(tmp_path):
 
 def test_packaged_finetuned_cnn_reproduces_its_saved_site_val_scores(data_root):
     """The 224-px fine-tuned CNN shipped as a baseline scores site_val as its
-    GPU study did (experiments/oof/site_val, written by finetune_export.py)."""
+    GPU study did (xray_features/models/oof/site_val, written by finetune_export.py)."""
     from pipelines.baselines import OOF_DIR, packaged_cnn_scores, saved_eval_scores
     from xray_features.cnn import MODELS_DIR
 
