@@ -20,7 +20,6 @@ does the default model lean on them?
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -31,7 +30,6 @@ from xray_features.preprocess import default_preprocessor
 from xray_features.sharpness import laplacian_variance
 from xray_features.views import view_preprocessor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stress import STRESS  # noqa: E402
 from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402
                      hybrid_features, study_parser, train_site_folds)

@@ -29,7 +29,6 @@ from pipelines.assemble import extract_counter_squash_features, extract_features
 from pipelines.metrics import auc, binary_metrics
 from xray_features.preprocess import default_preprocessor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studies import (Results, cross_fit, headline, site_val_look, study_parser,  # noqa: E402
                      train_site_folds)
 

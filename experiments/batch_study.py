@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ensemble_study import read_predictions  # noqa: E402
 from studies import Results, study_parser  # noqa: E402
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +20,6 @@ from pipelines.baselines import OOF_DIR, read_oof
 from pipelines.metrics import auc, bootstrap_ci, paired_bootstrap_auc
 from xray_features import index_dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studies import Results, study_parser  # noqa: E402
 
 

@@ -22,7 +22,6 @@ from pipelines.baselines import OOF_DIR, read_oof
 from pipelines.decision import mean_logit
 from pipelines.report import read_predictions
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studies import (Results, headline, mean_logit_ensemble, site_val_look,  # noqa: E402
                      study_parser)
 

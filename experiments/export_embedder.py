@@ -25,7 +25,6 @@ import argparse
 import hashlib
 import importlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +34,6 @@ import torch
 from efficientnet_lite_pytorch import EfficientNet
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
 DEFAULT_OUT = REPO / "xray_features" / "models" / "efficientnet_lite0_embedder.onnx"
 ARTIFACTS = REPO / "experiments" / "artifacts"
 OPSET = 17

@@ -39,7 +39,6 @@ from xray_features.cnn import OnnxEmbedder
 from xray_features.preprocess import default_preprocessor
 from xray_features.texture import HOGFeatures
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aspect_study import summary  # noqa: E402
 from studies import (Results, cross_fit, site_val_look, study_parser,  # noqa: E402
                      train_site_folds)

@@ -56,7 +56,6 @@ import torch.nn.functional as F
 from joblib import Parallel, delayed
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stress import STRESS, random_acquisition  # noqa: E402
 from train_cnn import REPO, augment, normalise, scores  # noqa: E402
 

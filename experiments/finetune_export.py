@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune_224 import FineTuned  # noqa: E402
 from studies import log_row  # noqa: E402
 from train_cnn import export, scores, write_predictions  # noqa: E402

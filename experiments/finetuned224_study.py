@@ -43,7 +43,6 @@ from xray_features.cnn import OnnxEmbedder
 from xray_features.dataset import fold_of
 from xray_features.hashing import file_sha256
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetuned_study import cross_fit_per_fold  # noqa: E402
 from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402
                      hybrid_features, mean_logit_ensemble, site_val_look, study_parser,

@@ -35,7 +35,6 @@ from xray_features.dataset import fold_of
 from xray_features.cnn import OnnxEmbedder
 from xray_features.preprocess import default_preprocessor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studies import (Results, cross_fit, fit_with_copies, headline,  # noqa: E402
                      site_val_look, study_parser, train_site_folds)
 

@@ -11,7 +11,6 @@ well each extent alone predicts the label (AUC). site_val/'s labels are not read
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +18,6 @@ from pipelines.metrics import auc
 from xray_features import ReadImages
 from xray_features.preprocess import CLAHE, LungCrop
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studies import Results, study_parser, train_site_folds  # noqa: E402
 
 

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from pipelines.assemble import make_head
 from pipelines.decision import logit
 from pipelines.metrics import auc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studies import (Results, default_training_set, fold_models, study_parser,  # noqa: E402
                      train_site_folds)
 

@@ -19,7 +19,6 @@ held-out half, not a result; CV decides whether it may replace the default.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +26,6 @@ from pipelines.assemble import (DEFAULT_AUGMENT, extract_features, extract_train
                                 make_head)
 from pipelines.metrics import binary_metrics
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shift_attribution_study import HOG_GRID, HOG_PER_BLOCK  # noqa: E402
 from studies import (HYBRID, Results, cross_fit, headline, site_val_look,  # noqa: E402
                      study_parser, train_site_folds)

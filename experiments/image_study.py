@@ -52,7 +52,6 @@ stress-tested on the counter-squashed copies of its test folds (`aspect_study.py
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from pipelines.assemble import (extract_counter_squash_features, extract_features,
                                 extract_zoom_features, make_head)
@@ -62,7 +61,6 @@ from pipelines.metrics import binary_metrics, youden_threshold
 from xray_features.preprocess import BorderCrop, EqualizeHistogram, default_preprocessor
 from xray_features.views import view_preprocessor, zoom_views
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aspect_study import summary  # noqa: E402
 from studies import (HYBRID, Results, cross_fit, headline, site_val_look,  # noqa: E402
                      stack, study_parser, train_site_folds)

@@ -15,7 +15,6 @@ out of fold on the counter-squash and on the jitter copies of its test folds.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 from sklearn.base import clone
@@ -26,7 +25,6 @@ from pipelines.metrics import binary_metrics
 from xray_features.augment import NORMAL_TO_PNEUMONIA_ASPECT, Stretch
 from xray_features.preprocess import default_preprocessor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studies import (Results, cross_fit, headline, site_val_look, study_parser,  # noqa: E402
                      train_site_folds)
 

@@ -29,7 +29,6 @@ from pipelines.assemble import make_head
 from pipelines.metrics import binary_metrics, paired_bootstrap_auc
 from xray_features.dataset import fold_of
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetuned224_study import (embedder, exported_models, hog_and_embedding,  # noqa: E402
                                 require_exported, with_copies)
 from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402

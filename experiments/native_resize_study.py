@@ -25,7 +25,6 @@ from xray_features import index_dataset
 from xray_features.dataset import fold_of
 from xray_features.preprocess import default_preprocessor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studies import (Results, fold_models, headline, study_parser,  # noqa: E402
                      train_site_folds)
 

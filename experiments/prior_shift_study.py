@@ -25,7 +25,6 @@ import numpy as np
 from pipelines.decision import prior_corrected
 from pipelines.metrics import binary_metrics
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ensemble_study import read_predictions  # noqa: E402
 from studies import Results, study_parser  # noqa: E402
 

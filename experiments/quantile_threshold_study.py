@@ -33,7 +33,6 @@ from pipelines.baselines import OOF_DIR, read_oof
 from pipelines.metrics import binary_metrics, quantile_threshold
 from xray_features import make_folds
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipelines.report import read_predictions  # noqa: E402
 from studies import Results, study_parser  # noqa: E402
 

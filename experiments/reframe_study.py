@@ -29,7 +29,6 @@ were not scored on site_val.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from pipelines.assemble import make_head
 from pipelines.metrics import binary_metrics
@@ -37,7 +36,6 @@ from xray_features.augment import RandomReframe, Reframe
 from xray_features.preprocess import default_preprocessor
 from xray_features.views import view_preprocessor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402
                      hybrid_features, site_val_look, study_parser, train_site_folds)
 

@@ -28,7 +28,6 @@ from pipelines.decision import mean_logit
 from pipelines.metrics import binary_metrics, youden_threshold
 from xray_features.dataset import fold_of
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studies import (Results, headline, mean_logit_ensemble, site_val_look,  # noqa: E402
                      study_parser, train_site_folds)
 

@@ -33,7 +33,6 @@ from pipelines.metrics import auc
 from pipelines.persist import load_model
 from pipelines.score import DEFAULT_MODEL
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetuned224_study import (cross_fitted_blocks, exported_models,  # noqa: E402
                                 hog_and_embedding, require_exported)
 from studies import (Results, default_training_set, fit_with_copies,  # noqa: E402

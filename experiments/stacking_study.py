@@ -27,7 +27,6 @@ from sklearn.linear_model import LogisticRegression
 from pipelines.decision import logit
 from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipelines.report import read_predictions  # noqa: E402
 from studies import Results, headline, study_parser  # noqa: E402
 

@@ -28,7 +28,6 @@ import csv
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -40,7 +39,6 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from pipelines.metrics import binary_metrics, youden_threshold  # noqa: E402
 from xray_features.cnn import OnnxCNNClassifier, prepare_batch  # noqa: E402

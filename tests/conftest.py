@@ -1,11 +1,16 @@
 """Shared fixtures: synthetic images and folders; the real data via XRAY_DATA."""
 
 import os
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+# The studies in experiments/ are scripts, not a package: their tests import them
+# from here (the one place the suite touches sys.path).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 
 def phantom(size=224, seed=0, lungs=True):

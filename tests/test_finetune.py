@@ -3,8 +3,6 @@ stress.py): the torch rebuild of the shipped embedder, the augmentations, and
 one tiny end-to-end run on synthetic images. Needs the train extra (torch)."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,6 @@ from xray_features.preprocess import default_preprocessor
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import finetune_224  # noqa: E402
 import finetune_export  # noqa: E402
 import stress  # noqa: E402

@@ -1,12 +1,9 @@
 """experiments/head_noise_study.py: the one-ulp nudge and the study's report."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import head_noise_study as study  # noqa: E402
 
 
