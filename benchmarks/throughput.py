@@ -53,8 +53,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 TARGETS = {
     "hog_cnn_vs_cnn": 0.8,          # hog+cnn throughput >= 0.8x pure CNN
@@ -117,8 +115,12 @@ def synthetic_set(folder, n, size, aspect=1.0):
     """Phantom JPEGs (the tests' phantoms) when the real data is absent."""
     import cv2
 
-    sys.path.insert(0, str(REPO))
-    from tests.conftest import phantom, pneumonia_phantom
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("phantoms", REPO / "tests" / "conftest.py")
+    phantoms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(phantoms)
+    phantom, pneumonia_phantom = phantoms.phantom, phantoms.pneumonia_phantom
 
     paths = []
     for i in range(n):

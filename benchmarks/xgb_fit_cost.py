@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from pipelines.assemble import (DEFAULT_AUGMENT, extract_features,  # noqa: E402
                                 extract_training_copies, make_head)

@@ -25,7 +25,6 @@ from sklearn.feature_selection import SelectKBest, f_classif
 from sklearn.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from pipelines.assemble import (extract_counter_squash_features, extract_features,  # noqa: E402
                                 make_head)
@@ -34,8 +33,15 @@ from pipelines.metrics import auc, binary_metrics  # noqa: E402
 from pipelines.run import default_cache_dir, load_training_index  # noqa: E402
 from xray_features import index_dataset, make_folds  # noqa: E402
 
-sys.path.insert(0, str(REPO / "experiments"))
-from studies import log_row  # noqa: E402
+
+def log_row(*args, **kwargs):
+    """`experiments/studies.py`'s site_val log writer (a script folder, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("studies", REPO / "experiments" / "studies.py")
+    studies = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(studies)
+    return studies.log_row(*args, **kwargs)
 
 
 def xgb(**params):
