@@ -116,6 +116,7 @@ def threshold_from_unlabelled(model, paths, prevalence):
 
 
 def build_parser():
+    """The argument parser of ``python -m pipelines.calibrate``."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.calibrate",
         description=__doc__.split("\n\n")[0].rstrip(".") + ".",
@@ -141,6 +142,7 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run the site recalibration CLI on ``argv``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.unlabelled_dir is not None and args.prevalence is None:

@@ -54,6 +54,7 @@ def version_text():
 
 
 def build_parser():
+    """The argument parser of the ``xray-hybrid`` console command and its subcommands."""
     parser = argparse.ArgumentParser(
         prog="xray-hybrid", description=__doc__.split("\n\n")[0],
         epilog="Run 'xray-hybrid SUBCOMMAND --help' for a subcommand's options.")

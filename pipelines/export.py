@@ -278,6 +278,7 @@ def _calibration_spec(classifier):
 
 
 def build_parser():
+    """The argument parser of ``python -m pipelines.export``."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.export", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -290,6 +291,7 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run the export CLI on ``argv``; returns the exit code (0 exported, 2 refused)."""
     args = build_parser().parse_args(argv)
     try:
         model, metadata = load_model(args.model)

@@ -73,12 +73,14 @@ class OnnxHead(ClassifierMixin, BaseEstimator):
 
     @property
     def threshold_(self):
+        """The decision threshold, as `DecisionClassifier` names it."""
         return self.threshold
 
     def __sklearn_is_fitted__(self):
         return True
 
     def fit(self, X, y=None):
+        """Nothing to fit: the head was fitted before it was exported."""
         raise NotImplementedError("an exported head is already fitted; refit the joblib model "
                                   "and export it again")
 
@@ -93,16 +95,19 @@ class OnnxHead(ClassifierMixin, BaseEstimator):
         return np.asarray(out, dtype=np.float64)[:, 1]
 
     def predict_proba(self, X):
+        """(n, 2): calibrated P(normal), P(pneumonia) of the feature rows ``X``."""
         p = self.raw_proba(X)
         if self.calibration is not None:
             p = platt(p, self.calibration["coef"], self.calibration["intercept"])
         return np.column_stack([1 - p, p])
 
     def predict(self, X):
+        """1 (pneumonia) where the calibrated probability reaches ``threshold_``."""
         return (self.predict_proba(X)[:, 1] >= self.threshold).astype(int)
 
 
 def is_export_dir(path):
+    """Whether ``path`` is a folder written by `pipelines.export` (it holds a ``model.json``)."""
     return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
 
 

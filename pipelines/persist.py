@@ -39,6 +39,7 @@ class ModelFileError(RuntimeError):
 
 
 def package_versions():
+    """The installed versions of the libraries a saved model records (None: not installed)."""
     versions = {}
     for name in _RECORDED_PACKAGES:
         try:

@@ -124,6 +124,8 @@ def plot_histograms(path, y, p, threshold, title):
 
 
 def plot_confusions(path, confusions, title):
+    """One confusion matrix per model (``confusions``: {model: 2x2 counts}) in a
+    grid, saved to ``path``."""
     names = list(confusions)
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
@@ -145,6 +147,7 @@ def plot_confusions(path, confusions, title):
 
 
 def plot_calibration(path, y, probas, title):
+    """Reliability curves of every model's probabilities, saved to ``path``."""
     fig, ax = plt.subplots(figsize=(6, 5.5))
     for (name, p), colour in zip(probas.items(), curve_colours(len(probas))):
         frac, mean = calibration_curve(y, p, n_bins=10, strategy="quantile")

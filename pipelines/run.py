@@ -49,15 +49,18 @@ _log = get_logger("run")
 
 
 def default_data_dir():
+    """``$XRAY_DATA``, else ``./data/chest_xray``."""
     return os.environ.get("XRAY_DATA") or "./data/chest_xray"
 
 
 def default_cache_dir():
+    """``$XDG_CACHE_HOME/xray-hybrid``, else ``~/.cache/xray-hybrid``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "xray-hybrid")
 
 
 def build_parser():
+    """The argument parser of ``python -m pipelines.run``."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.run",
         description=__doc__.split("\n\n")[0] + " Writes metrics.json, report.md, "
@@ -179,6 +182,8 @@ def library_versions():
 
 
 def load_training_index(data_dir, limit=None, seed=0):
+    """The training images of ``data_dir`` (its ``train/`` split when there is one), or a
+    patient-grouped, label-stratified subsample of about ``limit`` of them."""
     index = index_dataset(data_dir)
     if "train" in index.splits:
         index = index.subset("train")
@@ -200,11 +205,14 @@ def model_metadata(feature_set, head, classifier, args, result, train, **overrid
 
 
 def manifest_hash(index):
+    """sha256 of the sorted (relative path, label) lines of ``index``: what a
+    saved model was trained on."""
     lines = sorted(f"{os.path.relpath(r.path, index.root)}\t{r.label}" for r in index.records)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def main(argv=None):
+    """Run the comparison on ``argv`` (see `build_parser`); returns the exit code."""
     args = build_parser().parse_args(argv)
     if args.task == "subtype":
         from .subtype import run_subtype

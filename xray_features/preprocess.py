@@ -114,6 +114,7 @@ class LungCrop(ImageTransformerMixin):
         self.work_size = work_size
 
     def transform(self, X):
+        """Each image cropped to its lung box (or the central fallback); a list, shapes differ."""
         images = as_images(X)
         boxes = [self._find_box(image) for image in images]
         n_fallback = sum(not box.found for box in boxes)
