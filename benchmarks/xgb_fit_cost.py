@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from pipelines.assemble import (DEFAULT_AUGMENT, extract_features,  # noqa: E402
                                 extract_training_copies, make_head)
-from pipelines.run import default_cache_dir, load_training_index  # noqa: E402
+from pipelines.comparison import default_cache_dir, load_training_index  # noqa: E402
 from xray_features import make_folds  # noqa: E402
 
 NAMES = ["hog", "cnn"]

@@ -30,7 +30,7 @@ from pipelines.assemble import (extract_counter_squash_features, extract_feature
                                 make_head)
 from pipelines.decision import DecisionClassifier  # noqa: E402
 from pipelines.metrics import auc, binary_metrics  # noqa: E402
-from pipelines.run import default_cache_dir, load_training_index  # noqa: E402
+from pipelines.comparison import default_cache_dir, load_training_index  # noqa: E402
 from xray_features import index_dataset, make_folds  # noqa: E402
 
 

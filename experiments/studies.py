@@ -16,7 +16,7 @@ from sklearn.base import clone
 from pipelines.assemble import DEFAULT_AUGMENT, extract_features, extract_training_copies
 from pipelines.decision import PlattCalibrator, mean_logit
 from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
-from pipelines.run import default_cache_dir
+from pipelines.comparison import default_cache_dir
 from xray_features import index_dataset, make_folds
 
 LOG = Path(__file__).resolve().parent / "site_val_log.md"

@@ -212,7 +212,7 @@ class HybridClassifier(_ImageModelMixin, ClassifierMixin, BaseEstimator):
         -------
         self
         """
-        from .run import _final_pipeline, fit_decision, training_augment
+        from .comparison import final_pipeline, fit_decision, training_augment
 
         sets = parse_feature_sets(self.features)
         if len(sets) != 1:
@@ -239,7 +239,7 @@ class HybridClassifier(_ImageModelMixin, ClassifierMixin, BaseEstimator):
         clf = fit_decision(head, self.folds_, matrix, y01,
                            training_augment(feature_set, copies, y01), None,
                            n_jobs=self.n_jobs).rethreshold(y01, self.threshold_rule)
-        self.pipeline_ = _final_pipeline(feature_set, clf, preprocessor, self.n_jobs)
+        self.pipeline_ = final_pipeline(feature_set, clf, preprocessor, self.n_jobs)
         self.classes_ = np.asarray(self.class_names)
         self.oof_proba_ = clf.oof_proba_
         self.threshold_ = float(clf.threshold_)

@@ -38,8 +38,8 @@ from .multiclass import (MultiClassDecision, decide, make_multiclass_head, pneum
 from .persist import atomic_write_bytes, save_model
 from .report import (_SHOWN, _fmt, _html, _markdown, _metric_rows, _save, environment,
                      plot_roc, plt, write_predictions)
-from .run import (PROBE, _final_pipeline, _stack, cached_fit, library_versions,
-                  load_training_index, manifest_hash, model_specs)
+from .comparison import (PROBE, cached_fit, final_pipeline, library_versions,
+                         load_training_index, manifest_hash, model_specs, stack_views)
 from .logs import ensure_handler, get_logger, progress_enabled
 from .selection import compare, evaluate, select_model
 
@@ -56,14 +56,14 @@ def fit_multiclass(head, folds, X, y, augment, versions, threshold_rule, n_jobs=
     """`MultiClassDecision` over ``head`` fitted on ``X, y`` (class names,
     `CLASSES`) and ``augment``, its NORMAL-vs-PNEUMONIA threshold chosen by
     ``threshold_rule``: a plain function, cached by `joblib.Memory` like
-    `pipelines.run.fit_decision` (``versions`` is only part of the key)."""
+    `pipelines.comparison.fit_decision` (``versions`` is only part of the key)."""
     clf = MultiClassDecision(head, cv=folds, classes=CLASSES, threshold_rule=threshold_rule,
                              n_jobs=n_jobs)
     return clf.fit(X, y, **augment)
 
 
 def subtype_versions():
-    """`pipelines.run.library_versions` and the source of `pipelines.multiclass`."""
+    """`pipelines.comparison.library_versions` and the source of `pipelines.multiclass`."""
     code = inspect.getsource(multiclass).encode()
     return {**library_versions(), "multiclass_sha256": hashlib.sha256(code).hexdigest()}
 
@@ -180,10 +180,10 @@ def run_subtype(args, argv=None):
         log(f"fitting {name} ({args.cv}-fold CV + final fit, three classes)")
         augment = {}
         if copies:
-            augment = {"X_aug": np.vstack([_stack(fs, [c]) for c in copies]),
+            augment = {"X_aug": np.vstack([stack_views(fs, [c]) for c in copies]),
                        "y_aug": np.tile(y, len(copies)),
                        "aug_source": np.tile(np.arange(len(y)), len(copies))}
-        fit_args = (make_multiclass_head(head, args.seed), folds, _stack(fs, [features]), y,
+        fit_args = (make_multiclass_head(head, args.seed), folds, stack_views(fs, [features]), y,
                     augment, versions, args.threshold_rule)
         if fit is not fit_multiclass and fit.check_call_in_cache(*fit_args):
             log("  fitted models found in the cache")
@@ -198,7 +198,7 @@ def run_subtype(args, argv=None):
                                                    args.n_boot, args.seed, "argmax")}
         curves_cv[name] = clf.oof_proba_
         if eval_index is not None:
-            curves_eval[name] = clf.predict_proba(_stack(fs, [eval_features]))
+            curves_eval[name] = clf.predict_proba(stack_views(fs, [eval_features]))
             result["eval"] = three_class_metrics(eval_index.subtype_labels, curves_eval[name],
                                                  eval_index.groups, *thresholds, args.n_boot,
                                                  args.seed)
@@ -211,7 +211,7 @@ def run_subtype(args, argv=None):
                         "cv": result["cv"], "training_manifest_sha256": manifest_hash(train),
                         "n_training_images": len(train), "seed": args.seed,
                         "lung_crop": args.lung_crop, "augment": args.augment, "tta": False}
-            save_model(_final_pipeline(fs, clf, preprocessor, args.n_jobs),
+            save_model(final_pipeline(fs, clf, preprocessor, args.n_jobs),
                        out / "models" / f"{fs.replace('+', '_')}-{head}.joblib", metadata)
 
     # selection and comparisons: P(viral | pneumonia) among the pneumonia images

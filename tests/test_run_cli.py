@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines import run
+from pipelines.decision import DecisionClassifier
 from pipelines.metrics import auc
 from pipelines.persist import load_model
 from pipelines.selection import SELECTION_MARGIN, select_model
@@ -139,7 +140,7 @@ def test_rerun_loads_fitted_models_from_the_cache(synthetic_data, tmp_path, monk
 
     def no_refit(*args, **kwargs):
         raise AssertionError("a rerun with the same data and settings refitted a model")
-    monkeypatch.setattr(run.DecisionClassifier, "fit", no_refit)
+    monkeypatch.setattr(DecisionClassifier, "fit", no_refit)
     assert run.main(argv + ["--out", str(tmp_path / "again")]) == 0
     first, again = (json.loads((tmp_path / d / "metrics.json").read_text())["models"]
                     for d in ("first", "again"))
