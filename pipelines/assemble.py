@@ -20,7 +20,7 @@ from xray_features.augment import RandomZoom, counter_squash
 from xray_features.cache import FileFeatureCache
 from xray_features.cnn import MODELS_DIR, PACKAGED_SHA256, OnnxCNNScore, OnnxEmbedder
 from xray_features.preprocess import default_preprocessor
-from xray_features.views import view_preprocessor
+from xray_features.views import ViewFeatures, view_preprocessor
 
 from .decision import DecisionClassifier, ScoreHead
 from .metrics import DEFAULT_THRESHOLD_RULE
@@ -101,16 +101,49 @@ def make_feature_union(feature_set, cache_dir=None, n_jobs=None):
     ])
 
 
-def make_pipeline(feature_set, head, cv=5, random_state=0, cache_dir=None, n_jobs=None,
-                  threshold_rule=DEFAULT_THRESHOLD_RULE, lung_crop=False):
-    """The whole model, from file paths to a thresholded label."""
-    return Pipeline([
-        ("read", ReadImages()),
-        ("preprocess", default_preprocessor(crop=lung_crop)),
-        ("features", make_feature_union(feature_set, cache_dir, n_jobs)),
-        ("classifier", DecisionClassifier(make_head(head, random_state), cv=cv,
-                                          threshold_rule=threshold_rule, n_jobs=n_jobs)),
-    ])
+def make_pipeline(feature_set, head="logreg", cv=5, random_state=0, cache_dir=None, n_jobs=None,
+                  threshold_rule=DEFAULT_THRESHOLD_RULE, lung_crop=False, classifier=None,
+                  preprocessor=None, views=()):
+    """The whole model, from file paths to a thresholded label: the one builder
+    of feature-set pipelines (`pipelines.run` saves what it returns).
+
+    ``read -> preprocess -> FeatureUnion(extractors of feature_set) ->
+    classifier``; with test-time ``views``, the preprocess and feature steps
+    become one `ViewFeatures` step (the chain on the image and on each view).
+
+    Parameters
+    ----------
+    feature_set : str
+        ``"+"``-joined extractor names, e.g. ``"hog+cnn"`` (`EXTRACTORS`).
+    head : str, default="logreg"
+        `make_head`'s name; unused when ``classifier`` is given.
+    cv, random_state, threshold_rule :
+        The `DecisionClassifier` built when ``classifier`` is None.
+    cache_dir : str, optional
+        Feature cache of the extractors (`CachedExtractor`).
+    n_jobs : int, optional
+        Threads for the extractors and the fold fits.
+    lung_crop : bool, default=False
+        `default_preprocessor`'s LungCrop; unused when ``preprocessor`` is given.
+    classifier : DecisionClassifier, optional
+        A (fitted) classifier step to use as it is.
+    preprocessor : transformer, optional
+        The preprocessing chain (cloned); default `default_preprocessor`.
+    views : sequence of transformers, default=()
+        Test-time views (`xray_features.views.zoom_views`).
+    """
+    preprocess = (clone(preprocessor) if preprocessor is not None
+                  else default_preprocessor(crop=lung_crop))
+    if classifier is None:
+        classifier = DecisionClassifier(make_head(head, random_state), cv=cv,
+                                        threshold_rule=threshold_rule, n_jobs=n_jobs)
+    features = make_feature_union(feature_set, cache_dir, n_jobs)
+    if views:
+        return Pipeline([("read", ReadImages()),
+                         ("features", ViewFeatures(preprocess, features, list(views))),
+                         ("classifier", classifier)])
+    return Pipeline([("read", ReadImages()), ("preprocess", preprocess), ("features", features),
+                     ("classifier", classifier)])
 
 
 def cnn_preprocessor(model_path):

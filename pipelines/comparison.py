@@ -11,15 +11,11 @@ import os
 
 import numpy as np
 from joblib import Memory
-from sklearn.base import clone
-from sklearn.pipeline import Pipeline
 
-from xray_features import ReadImages
 from xray_features.cnn import MODELS_DIR
 from xray_features.dataset import index_dataset, make_folds
-from xray_features.views import ViewFeatures
 
-from .assemble import make_feature_union
+from .assemble import make_pipeline
 from .decision import DecisionClassifier
 from .selection import (RELIANCE_MARGIN, feature_passes, native_aspect_ratios, select_model,
                         shortcut_reliance)
@@ -195,16 +191,7 @@ def stack_views(feature_set, view_features):
 
 
 def final_pipeline(feature_set, fitted_classifier, preprocessor, n_jobs, views=()):
-    features = make_feature_union(feature_set, None, n_jobs)
-    if views:
-        return Pipeline([
-            ("read", ReadImages()),
-            ("features", ViewFeatures(clone(preprocessor), features, list(views))),
-            ("classifier", fitted_classifier),
-        ])
-    return Pipeline([
-        ("read", ReadImages()),
-        ("preprocess", clone(preprocessor)),
-        ("features", features),
-        ("classifier", fitted_classifier),
-    ])
+    """The saved model of a feature-set comparison: `make_pipeline` around the
+    classifier fitted on all the training data (no feature cache)."""
+    return make_pipeline(feature_set, classifier=fitted_classifier, preprocessor=preprocessor,
+                         n_jobs=n_jobs, views=views)
