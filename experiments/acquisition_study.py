@@ -27,7 +27,7 @@ from pipelines.assemble import make_head
 from pipelines.metrics import auc, binary_metrics
 from xray_features import ReadImages
 from xray_features.preprocess import default_preprocessor
-from xray_features.sharpness import laplacian_variance
+from transforms import laplacian_variance
 from xray_features.views import view_preprocessor
 
 from stress import STRESS  # noqa: E402

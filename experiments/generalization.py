@@ -25,7 +25,7 @@ from pipelines.decision import DecisionClassifier
 from pipelines.metrics import binary_metrics
 from studies import headline, log_row, study_parser, train_site_folds
 from xray_features.preprocess import CLAHE, LungCrop, Resize
-from xray_features.sharpness import EqualizeSharpness
+from transforms import EqualizeSharpness
 from xray_features.texture import HOGFeatures
 
 

@@ -58,7 +58,8 @@ from pipelines.assemble import (extract_counter_squash_features, extract_feature
 from pipelines.decision import mean_logit
 from xray_features.augment import RandomZoom
 from pipelines.metrics import binary_metrics, youden_threshold
-from xray_features.preprocess import BorderCrop, EqualizeHistogram, default_preprocessor
+from transforms import EqualizeHistogram  # noqa: E402
+from xray_features.preprocess import BorderCrop, default_preprocessor
 from xray_features.views import view_preprocessor, zoom_views
 
 from aspect_study import summary  # noqa: E402

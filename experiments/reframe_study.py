@@ -32,7 +32,7 @@ import sys
 
 from pipelines.assemble import make_head
 from pipelines.metrics import binary_metrics
-from xray_features.augment import RandomReframe, Reframe
+from transforms import RandomReframe, Reframe
 from xray_features.preprocess import default_preprocessor
 from xray_features.views import view_preprocessor
 

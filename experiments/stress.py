@@ -9,8 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from xray_features.augment import Intensity
-from xray_features.sharpness import EqualizeSharpness
+from transforms import EqualizeSharpness, Intensity
 
 # the black level 0.05 is about train PNEUMONIA's median 5th percentile
 # (NORMAL's is 0); sharpness 130 is train PNEUMONIA's median Laplacian variance

@@ -7,9 +7,9 @@ import pytest
 from pipelines.assemble import (extract_counter_squash_features, extract_training_copies,
                                 extract_zoom_features, make_extractor)
 from xray_features import ReadImages
-from xray_features.augment import (NORMAL_TO_PNEUMONIA_ASPECT, Intensity, RandomReframe, RandomZoom,
-                                   Reframe, Stretch,
-                                   counter_squash, counter_squash_copies)
+from transforms import Intensity, RandomReframe, Reframe
+from xray_features.augment import (NORMAL_TO_PNEUMONIA_ASPECT, RandomZoom, Stretch, counter_squash,
+                                   counter_squash_copies)
 from xray_features.preprocess import BorderCrop, default_preprocessor
 from xray_features.views import view_preprocessor
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from xray_features.preprocess import (CLAHE, BorderCrop, EqualizeHistogram, LungCrop, Resize,
-                                     default_preprocessor)
+from transforms import EqualizeHistogram
+from xray_features.preprocess import CLAHE, BorderCrop, LungCrop, Resize, default_preprocessor
 
 from .conftest import phantom
 

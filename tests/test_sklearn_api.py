@@ -8,9 +8,10 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from xray_features import CLAHE, CachedExtractor, HOGFeatures, LBPFeatures, LungCrop, Resize
-from xray_features.augment import Intensity, RandomReframe, RandomZoom, Reframe, Stretch
-from xray_features.preprocess import BorderCrop, EqualizeHistogram
-from xray_features.sharpness import EqualizeSharpness
+from transforms import (EqualizeHistogram, EqualizeSharpness, Intensity, RandomReframe,
+                        Reframe)  # experiments/transforms.py: the studies' own steps
+from xray_features.augment import RandomZoom, Stretch
+from xray_features.preprocess import BorderCrop
 from xray_features.views import ViewFeatures
 from xray_features.cnn import OnnxCNNScore, OnnxEmbedder
 

@@ -39,7 +39,7 @@ FEATURE_LIBRARIES = (("numpy",), ("opencv-python-headless", "opencv-python"),
                      ("scikit-image",), ("onnxruntime",), ("pydicom",))
 # This package's modules that read images or compute features.
 FEATURE_MODULES = ("_images.py", "io.py", "preprocess.py", "augment.py", "views.py",
-                   "sharpness.py", "texture.py", "cnn.py")
+                   "texture.py", "cnn.py")
 
 
 @cache

@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 from ._images import (ImageTransformerMixin, as_images, crop_border, like_input, resize_to,
                       to_uint8)
 
-__all__ = ["CLAHE", "EqualizeHistogram", "BorderCrop", "LungCrop", "Resize", "CropBox",
+__all__ = ["CLAHE", "BorderCrop", "LungCrop", "Resize", "CropBox",
            "default_preprocessor"]
 
 logger = logging.getLogger(__name__)
@@ -47,17 +47,6 @@ class CLAHE(ImageTransformerMixin):
         for image in as_images(X):
             equalised = clahe.apply(to_uint8(image))
             out.append(equalised.astype(np.float32) / np.float32(255.0))
-        return like_input(X, out)
-
-
-class EqualizeHistogram(ImageTransformerMixin):
-    """Global histogram equalisation (OpenCV, 8 bits): every image's grey
-    levels are mapped to a near-uniform histogram, whatever its exposure."""
-
-    def transform(self, X):
-        """Each image histogram-equalised on 8 bits."""
-        out = [cv2.equalizeHist(to_uint8(image)).astype(np.float32) / np.float32(255.0)
-               for image in as_images(X)]
         return like_input(X, out)
 
 
