@@ -274,14 +274,15 @@ def three_class_refusal(tool):
 def score_columns(classes):
     """The CSV columns of `score_rows` for ``classes``: one probability column per class."""
     return (["path"] + [f"p_{str(c).lower()}" for c in classes]
-            + ["prediction", "status", "error"])
+            + ["prediction", "model", "status", "error"])
 
 
 def score_rows(model, paths):
     """`pipelines.score` rows of a multi-class pipeline: ``path``, ``p_<class>``
     per class (e.g. ``p_normal,p_bacterial,p_viral``), ``prediction`` (the
-    class by the model's decision rule), ``status``, ``error``; never raises
-    for a bad image."""
+    class by the model's decision rule), ``model`` (left empty: the scoring
+    run writes its model id), ``status``, ``error``; never raises for a bad
+    image."""
     from .score import probabilities_of
 
     last = model.steps[-1][1]

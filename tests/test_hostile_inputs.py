@@ -465,7 +465,7 @@ def test_paths_that_look_like_formulas_are_written_as_text(folder, model_a, tmp_
     with open(out, newline="", encoding="utf-8") as handle:
         raw = list(csv.reader(handle))
     assert raw[1][0] == "'=HYPERLINK(1).png" and raw[2][0] == "'@SUM(1).png"
-    assert raw[2][5].startswith("'@SUM(1).png: not an image")
+    assert raw[2][score.COLUMNS.index("error")].startswith("'@SUM(1).png: not an image")
     assert raw[3][0] == "good1.png"
     seen = _spy(monkeypatch)
     assert score.main(["=HYPERLINK(1).png", "@SUM(1).png", "good1.png"] + args +

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-__all__ = ["XrayReadError", "read_xray", "ReadImages", "DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE",
+__all__ = ["XrayReadError", "read_xray", "looks_like_xray", "ReadImages", "DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE",
            "DEFAULT_MAX_BYTES", "MAX_JPEG_SCANS"]
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -176,6 +176,33 @@ def _read_bytes(path, max_bytes=DEFAULT_MAX_BYTES):
     if len(data) > max_bytes:  # it grew after the size check
         raise XrayReadError(path, f"file too large: more than {max_bytes:,} bytes")
     return data
+
+
+def looks_like_xray(path):
+    """Whether a file found in a folder is worth a row: False only for a
+    readable regular file whose first bytes are none of JPEG, PNG or DICOM
+    (the files `read_xray` refuses as "unrecognised content", and empty
+    files).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    bool
+        True for an image, and for anything that cannot be checked without
+        blocking or reading much (a FIFO, a device, an unreadable or missing
+        file): those get their row, and `read_xray` gives the reason.
+    """
+    try:
+        with open(path, "rb", buffering=0, opener=_nonblocking) as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return True
+            head = handle.read(_DICOM_MAGIC_OFFSET + 4)
+    except (OSError, ValueError):
+        return True
+    return _sniff(head) is not None
 
 
 def _read_at_most(handle, max_bytes):
