@@ -71,7 +71,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xray_features.cnn import MODELS_DIR
-from xray_features.io import XrayReadError, looks_like_xray, read_xray
+from xray_features.dicom import ID_FIELDS, header_warnings
+from xray_features.io import XrayReadError, looks_like_xray, read_xray, read_xray_and_header
 
 from .multiclass import is_multiclass, score_columns, score_rows
 from .onnx_model import MANIFEST, load_onnx_model
@@ -83,10 +84,16 @@ __all__ = ["DEFAULT_MODEL", "COLUMNS", "LEGACY_COLUMNS", "BLANK_STD", "DEFAULT_B
            "content_error", "probabilities_of", "score_paths", "model_id", "main"]
 
 DEFAULT_MODEL = MODELS_DIR / "default_pipeline.joblib"
-COLUMNS = ("path", "probability", "prediction", "threshold", "model", "status", "error")
+DICOM_COLUMNS = ("sop_instance_uid", "study_instance_uid", "accession_number")
+"""A DICOM's SOPInstanceUID, StudyInstanceUID and AccessionNumber (empty for
+other files), to join rows back to the hospital's records."""
+COLUMNS = ("path", "probability", "prediction", "threshold", "model", "status",
+           "error") + DICOM_COLUMNS
 """A binary score CSV's columns: ``prediction`` is the predicted class (NORMAL or
 PNEUMONIA at ``threshold``), ``model`` the first 12 hex digits of the model's
-sha256 (`model_id`)."""
+sha256 (`model_id`); ``status`` is ``ok``, ``warning`` (scored, but the DICOM
+header says the film is not what the model was trained on; ``error`` holds the
+reason) or ``error``."""
 LEGACY_COLUMNS = ("path", "probability", "prediction", "label", "status", "error")
 """The columns before 2026-11-29 (``label``: the predicted 0/1); ``--resume``
 reads them and writes the kept rows in `COLUMNS`."""
@@ -94,7 +101,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".dcm", ".dicom", ".
 """Files in a folder with these extensions always get a row; any other file
 gets one only when its first bytes are a JPEG, PNG or DICOM."""
 MODEL_ID_LENGTH = 12
-STATUSES = ("ok", "error")
+STATUSES = ("ok", "warning", "error")
 LIST_SUFFIXES = (".txt", ".lst")
 LABEL_NAMES = ("NORMAL", "PNEUMONIA")
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -111,6 +118,7 @@ cut where the next image would pass it, so one image of the reader's largest
 size (64 M pixels) is scored alone."""
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+_TEXT_COLUMNS = ("path", "error") + DICOM_COLUMNS  # free text: escaped for spreadsheets
 _ENCODING = ("utf-8", "surrogateescape")  # file names are bytes; keep them byte for byte
 
 
@@ -242,12 +250,26 @@ def _list_files(arguments):
 
 # ---- scoring -------------------------------------------------------------------------------
 
-def _row(path, threshold, status, error="", probability=""):
+def _row(path, threshold, status, error="", probability="", header=None):
     """A binary row in `COLUMNS`; ``model`` is filled in by the run (`model_id`)."""
     prediction = "" if probability == "" else LABEL_NAMES[int(probability >= threshold)]
     return {"path": path, "probability": "" if probability == "" else f"{probability:.6f}",
             "prediction": prediction, "threshold": _threshold_text(threshold), "model": "",
-            "status": status, "error": error}
+            "status": status, "error": error, **dicom_ids(header)}
+
+
+def dicom_ids(header):
+    """The `DICOM_COLUMNS` of a row from a DICOM's header (all empty without one)."""
+    return {column: (header or {}).get(field, "") for column, field in zip(DICOM_COLUMNS,
+                                                                            ID_FIELDS)}
+
+
+def scored_status(path, header):
+    """``("ok", "")`` or, when a DICOM header says the film is not a paediatric
+    frontal chest radiograph (`xray_features.dicom.header_warnings`),
+    ``("warning", reason)``."""
+    reasons = header_warnings(header) if header else []
+    return ("warning", f"{path}: " + "; ".join(reasons)) if reasons else ("ok", "")
 
 
 def _threshold_text(threshold):
@@ -289,7 +311,8 @@ def _checked_probability(path, value):
     return p, None
 
 
-def probabilities_of(model, paths, max_batch_pixels=DEFAULT_BATCH_PIXELS, all_classes=False):
+def probabilities_of(model, paths, max_batch_pixels=DEFAULT_BATCH_PIXELS, all_classes=False,
+                     headers=None):
     """The PNEUMONIA probability of each path (None where it failed) and
     ``{index: error message}`` for the failures; never raises for a bad image.
     With ``all_classes``, each probability is the row of every class's (a
@@ -305,6 +328,9 @@ def probabilities_of(model, paths, max_batch_pixels=DEFAULT_BATCH_PIXELS, all_cl
         where the next image would pass this (one image at least).
     all_classes : bool
         Return every class's probability, not only PNEUMONIA's.
+    headers : dict, optional
+        Filled with ``{index: header}`` for the DICOMs read
+        (`xray_features.io.read_xray_and_header`).
 
     Returns
     -------
@@ -325,7 +351,10 @@ def probabilities_of(model, paths, max_batch_pixels=DEFAULT_BATCH_PIXELS, all_cl
 
     for i, path in enumerate(paths):
         try:
-            image = read_xray(path, max_pixels=reader.max_pixels, min_side=reader.min_side)
+            image, header = read_xray_and_header(path, max_pixels=reader.max_pixels,
+                                                 min_side=reader.min_side)
+            if header is not None and headers is not None:
+                headers[i] = header
             problem = content_error(image)
         except Exception as exc:  # XrayReadError, MemoryError, anything unexpected
             errors[i] = _describe(path, exc)
@@ -375,11 +404,13 @@ def score_paths(model, paths, max_batch_pixels=DEFAULT_BATCH_PIXELS):
     for a bad image. A three-class model's rows have other columns
     (`pipelines.multiclass.score_rows`)."""
     if is_multiclass(model):
-        return score_rows(model, paths)
+        return score_rows(model, paths, max_batch_pixels)
     threshold = model.steps[-1][1].threshold_
-    found, errors = probabilities_of(model, paths, max_batch_pixels)
-    return [_row(path, threshold, "error", errors[i]) if i in errors
-            else _row(path, threshold, "ok", probability=found[i])
+    headers = {}
+    found, errors = probabilities_of(model, paths, max_batch_pixels, headers=headers)
+    return [_row(path, threshold, "error", errors[i], header=headers.get(i)) if i in errors
+            else _row(path, threshold, *scored_status(path, headers.get(i)),
+                      probability=found[i], header=headers.get(i))
             for i, path in enumerate(paths)]
 
 
@@ -399,7 +430,7 @@ def _csv_bytes(rows):
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else COLUMNS,
                             lineterminator="\n")
     writer.writeheader()
-    writer.writerows({**row, "path": _escaped(row["path"]), "error": _escaped(row["error"])}
+    writer.writerows({**row, **{c: _escaped(row[c]) for c in _TEXT_COLUMNS if c in row}}
                      for row in rows)
     return buffer.getvalue().encode(*_ENCODING)
 
@@ -432,7 +463,7 @@ def _read_rows(out):
         rows = []
         for fields in reader:
             row = dict(zip(columns, fields + [""] * (len(columns) - len(fields))))
-            row["path"], row["error"] = _unescaped(row["path"]), _unescaped(row["error"])
+            row.update({c: _unescaped(row[c]) for c in _TEXT_COLUMNS if c in row})
             row["_fields"] = len(fields)
             rows.append(row)
     except csv.Error as exc:
@@ -446,6 +477,8 @@ def _is_score_header(header):
     header = tuple(header)
     if header in (COLUMNS, LEGACY_COLUMNS):
         return True
+    if header[-len(DICOM_COLUMNS):] == DICOM_COLUMNS:
+        header = header[:-len(DICOM_COLUMNS)]
     tail = ("prediction", "model", "status", "error") if "model" in header \
         else ("prediction", "status", "error")
     return (len(header) >= len(tail) + 2 and header[0] == "path"
@@ -991,9 +1024,13 @@ def _main(args):
     except ImportError as exc:  # the dask extra is missing: the message names it
         raise UsageError(str(exc)) from None
     failed = sum(row["status"] == "error" for row in rows[:len(paths)])
+    warned = sum(row["status"] == "warning" for row in rows[:len(paths)])
     print(f"scored {len(paths) - failed} of {len(paths)} inputs with {model_path.name} "
           f"(model {model_id(identity)}, {metadata.get('feature_set')}/{metadata.get('head')}, "
-          f"threshold {threshold:.3f}{_site_adjustments(metadata)}); {failed} errors"
+          f"threshold {threshold:.3f}{_site_adjustments(metadata)}); "
+          + (f"{warned} warnings (status=warning: scored, but the DICOM header says the film "
+             "is not a paediatric frontal chest radiograph); " if warned else "")
+          + f"{failed} errors"
           + (f"; {len(skipped)} files that are not images skipped (--strict gives them rows)"
              if skipped else "") + f"; wrote {args.out}", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK

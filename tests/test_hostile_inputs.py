@@ -321,7 +321,7 @@ def test_no_error_row_has_an_empty_reason(folder, model_a, monkeypatch):
     def no_memory(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(score, "read_xray", no_memory)
+    monkeypatch.setattr(score, "read_xray_and_header", no_memory)
     rows = score.score_paths(model, [str(folder / "good0.png")])
     assert rows[0]["error"] == f"{folder / 'good0.png'}: not enough memory"
 
