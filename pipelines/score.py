@@ -15,13 +15,17 @@ output files and, unless ``--strict``, files that are not images: not named
 files (a ``.txt`` or ``.lst`` argument holds one path per line, relative paths
 taken from the list's folder; a line starting with ``# `` or holding only
 ``#`` is a comment). Every input gets exactly one row, in input order, with
-``status`` ``ok`` or ``error`` and the reason. The columns are ``path,
-probability, prediction, threshold, model, status, error``: ``prediction`` is
-the predicted class, ``model`` the first 12 hex digits of the model's sha256. A film with no image content (uniform: blank, all
-black) and a probability the model cannot give (not finite, outside [0, 1])
+``status`` ``ok``, ``warning`` (scored, but the DICOM header names another
+modality, body part or view, or an age outside 0-17 years) or ``error``, and
+the reason. The columns are ``path, probability, prediction, threshold, model,
+status, error, sop_instance_uid, study_instance_uid, accession_number``:
+``prediction`` is the predicted class, ``model`` the first 12 hex digits of
+the model's sha256, the last three a DICOM's identifiers (empty for other
+files). A film with no image content (uniform: blank, all black) and a
+probability the model cannot give (not finite, outside [0, 1])
 are errors, never a score. File names are written byte for byte: a name that
 is not valid UTF-8 keeps its raw bytes (Python's ``surrogateescape``). A
-``path`` or ``error`` field starting with ``= + - @``, a tab, a carriage
+``path``, ``error`` or identifier field starting with ``= + - @``, a tab, a carriage
 return or ``'`` gets a ``'`` in front, so a spreadsheet shows it as text; a
 resume strips it again.
 
@@ -29,8 +33,9 @@ The CSV is rewritten atomically (temporary file + rename) as work progresses,
 so it is always a valid CSV. Images are decoded and scored in batches of at
 most ``--batch-size`` files and ``--batch-pixels`` decoded pixels. A lock file
 (``<out>.lock``, removed when the run ends) refuses a second run on the same
-output; temporary files a killed run left behind are removed by the next one. ``--out`` may not be an
-input, a list file, the model, or anything but a regular file.
+output; temporary files a killed run left behind are removed by the next one.
+``--out`` may not be an input, a list file, the model, or anything but a
+regular file.
 
 Beside the CSV, ``<out>.run.json`` records which model scored it (path,
 sha256, feature set, head, threshold, site adjustments), the run's counts and
@@ -44,7 +49,7 @@ this time (after the others), and says what it kept and what it rescores.
 ``--retry-errors`` also scores the error rows again. A CSV of the previous
 layout (with ``label``) is resumed too, its kept rows rewritten in the new one.
 
-Exit codes: 0 every input was scored; 1 at least one input has
+Exit codes: 0 every input was scored (warnings included); 1 at least one input has
 ``status=error``; 2 bad usage (including a bad list file or ``--out``), a
 refused model, another run holds the output's lock, ``--resume`` with another
 model than the CSV's, or an internal error (one line, no traceback).
@@ -72,7 +77,8 @@ from tqdm.auto import tqdm
 
 from xray_features.cnn import MODELS_DIR
 from xray_features.dicom import ID_FIELDS, header_warnings
-from xray_features.io import XrayReadError, looks_like_xray, read_xray, read_xray_and_header
+from xray_features.io import (XrayReadError, looks_like_xray, read_xray,  # noqa: F401
+                              read_xray_and_header)
 
 from .multiclass import is_multiclass, score_columns, score_rows
 from .onnx_model import MANIFEST, load_onnx_model

@@ -16,6 +16,7 @@ from xray_features.dicom import header_warnings, parse_age
 from xray_features.io import dicom_unit_scale, read_xray, read_xray_and_header
 
 from .conftest import phantom, write_image
+from .test_bad_inputs import write_dicom
 from .test_subtype_run import subtype_run  # noqa: F401  (the fixture)
 
 PAIR_TOLERANCE = 1e-6
@@ -28,38 +29,9 @@ JPEG_TOLERANCE = 0.01
 (measured at most 0.006 on a phantom and 8 site_val films)."""
 
 
-def _dicom(path, pixels, bits=8, slope=None, window=None, photometric="MONOCHROME2", **tags):
-    """A MONOCHROME DICOM of ``pixels`` (8-bit, or 16-bit with 12 bits stored) with ``tags``."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    if bits == 8:
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-        ds.PixelData = pixels.astype(np.uint8).tobytes()
-    else:
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-        ds.PixelData = pixels.astype("<u2").tobytes()
-    ds.PixelRepresentation = 0
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, 0
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    for tag, value in tags.items():
-        setattr(ds, tag, value)
-    ds.save_as(path, enforce_file_format=True)
-    return Path(path)
+def _dicom(path, pixels, bits=8, **kwargs):
+    """A MONOCHROME DICOM of ``pixels``, 8-bit unless ``bits=16`` (12 bits stored)."""
+    return write_dicom(path, pixels, bits=bits, **kwargs)
 
 
 def _film():

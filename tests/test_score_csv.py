@@ -11,40 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from pipelines import score
 
-from .test_bad_inputs import write_dicom
 from .conftest import phantom
+from .test_bad_inputs import write_dicom
+from .test_hostile_inputs import _rows, _spy, folder, model_a  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def model_a(trained_run):
-    return trained_run / "models" / "hog-logreg.joblib"
-
-
-@pytest.fixture
-def folder(tmp_path, synthetic_data):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i, path in enumerate(sorted((synthetic_data / "test").rglob("*.png"))[:6]):
-        shutil.copy(path, folder / f"good{i}.png")
-    return folder
-
-
-def _rows(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _spy(monkeypatch):
-    seen, real = [], score.score_paths
-    monkeypatch.setattr(score, "score_paths",
-                        lambda m, p, **kw: seen.extend(p) or real(m, p, **kw))
-    return seen
 
 
 def _lock(out):
