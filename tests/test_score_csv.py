@@ -16,6 +16,7 @@ from pipelines import score
 from .conftest import phantom
 from .test_bad_inputs import write_dicom
 from .test_hostile_inputs import _rows, _spy, folder, model_a  # noqa: F401  (fixtures)
+from .test_subtype_run import subtype_run  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -239,3 +240,44 @@ def test_scoring_and_calibration_import_without_fcntl():
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "imported"
+
+
+def test_an_old_three_class_csv_resumes_into_the_new_columns(subtype_run, tmp_path, monkeypatch):
+    data, out = subtype_run
+    model = str(out / "models" / "hog-logreg.joblib")
+    paths = sorted(str(p) for p in (data / "test").rglob("*.png"))[:4]
+    csv_path = tmp_path / "s.csv"
+    args = ["--model", model, "--out", str(csv_path), "--quiet"]
+    assert score.main(paths + args) == score.EXIT_OK
+    full = csv_path.read_bytes()
+    old = [{k: v for k, v in r.items() if k != "model" and k not in score.DICOM_COLUMNS}
+           for r in _rows(csv_path)]  # path,p_normal,p_bacterial,p_viral,prediction,status,error
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(old[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(old)
+    record = json.loads(score.run_record_path(csv_path).read_text())
+    record.update(rows_sha256=score.rows_sha256(old), previous=None)
+    score.run_record_path(csv_path).write_text(json.dumps(record))
+    seen = _spy(monkeypatch)
+    assert score.main(paths + args + ["--resume"]) == score.EXIT_OK
+    assert seen == [] and csv_path.read_bytes() == full
+
+
+def test_a_lock_file_replaced_while_it_was_being_taken_is_taken_again(tmp_path, monkeypatch):
+    """The run before removed the file after this one opened it: the lock on the
+    removed file protects nothing, so it is taken on the file now at the path."""
+    out = tmp_path / "s.csv"
+    real, calls = score._try_lock, []
+
+    def replaced_first(handle):
+        if not calls:
+            _lock(out).unlink()
+            _lock(out).write_bytes(b"")  # the next run's new file
+        calls.append(os.fstat(handle.fileno()).st_ino)
+        return real(handle)
+
+    monkeypatch.setattr(score, "_try_lock", replaced_first)
+    with score._exclusive_lock(out):
+        assert len(calls) == 2 and calls[1] == _lock(out).stat().st_ino != calls[0]
+    assert not _lock(out).exists()
