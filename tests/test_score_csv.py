@@ -281,3 +281,14 @@ def test_a_lock_file_replaced_while_it_was_being_taken_is_taken_again(tmp_path, 
     with score._exclusive_lock(out):
         assert len(calls) == 2 and calls[1] == _lock(out).stat().st_ino != calls[0]
     assert not _lock(out).exists()
+
+
+def test_files_are_read_and_folders_scanned_without_o_nonblock(folder, model_a, tmp_path,
+                                                               monkeypatch):
+    """Windows has no os.O_NONBLOCK: reading and scanning must not need it."""
+    (folder / "notes.txt").write_text("not an image")
+    monkeypatch.delattr(os, "O_NONBLOCK")
+    out = tmp_path / "s.csv"
+    assert score.main([str(folder), "--model", str(model_a), "--out", str(out),
+                       "--quiet"]) == score.EXIT_OK
+    assert [r["status"] for r in _rows(out)] == ["ok"] * 6

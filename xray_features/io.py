@@ -176,8 +176,9 @@ _FILE_KINDS = ((stat.S_ISDIR, "is a directory, not a file"),
 
 def _nonblocking(name, flags):
     # O_NONBLOCK: opening a FIFO with no writer returns at once instead of
-    # waiting forever; fstat then refuses it before any read.
-    return os.open(name, flags | os.O_NONBLOCK)
+    # waiting forever; fstat then refuses it before any read. Windows has no
+    # O_NONBLOCK (and no FIFOs in the file system): a plain open there.
+    return os.open(name, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
 
 
 def _read_bytes(path, max_bytes=DEFAULT_MAX_BYTES):
