@@ -273,30 +273,37 @@ def three_class_refusal(tool):
 
 def score_columns(classes):
     """The CSV columns of `score_rows` for ``classes``: one probability column per class."""
+    from .score import DICOM_COLUMNS
+
     return (["path"] + [f"p_{str(c).lower()}" for c in classes]
-            + ["prediction", "status", "error"])
+            + ["prediction", "model", "status", "error"] + list(DICOM_COLUMNS))
 
 
-def score_rows(model, paths):
+def score_rows(model, paths, max_batch_pixels=None):
     """`pipelines.score` rows of a multi-class pipeline: ``path``, ``p_<class>``
     per class (e.g. ``p_normal,p_bacterial,p_viral``), ``prediction`` (the
-    class by the model's decision rule), ``status``, ``error``; never raises
-    for a bad image."""
-    from .score import probabilities_of
+    class by the model's decision rule), ``model`` (left empty: the scoring
+    run writes its model id), ``status`` (``ok``, ``warning`` or ``error``),
+    ``error`` and the DICOM identifiers, as the binary rows have them; never
+    raises for a bad image."""
+    from .score import DEFAULT_BATCH_PIXELS, dicom_ids, probabilities_of, scored_status
 
     last = model.steps[-1][1]
     columns = score_columns(last.classes_)
-    found, errors = probabilities_of(model, paths, all_classes=True)
+    headers = {}
+    found, errors = probabilities_of(model, paths, max_batch_pixels or DEFAULT_BATCH_PIXELS,
+                                     all_classes=True, headers=headers)
     rows = []
     for i, path in enumerate(paths):
         row = dict.fromkeys(columns, "")
-        row["path"] = path
+        row.update(path=path, **dicom_ids(headers.get(i)))
         if i in errors:
             row.update(status="error", error=errors[i])
         else:
             proba = np.asarray(found[i], dtype=np.float64)[None, :]
             code = decide(proba, last.threshold_, last.subtype_threshold_, last.decision)[0]
+            status, reason = scored_status(path, headers.get(i))
             row.update({c: f"{p:.6f}" for c, p in zip(columns[1:], proba[0])},
-                       prediction=str(last.classes_[code]), status="ok")
+                       prediction=str(last.classes_[code]), status=status, error=reason)
         rows.append(row)
     return rows

@@ -8,25 +8,34 @@ Example::
 sidecar before it is unpickled) or a folder written by ``pipelines.export``
 (ONNX + JSON: nothing is unpickled).
 
-Inputs are files, folders (searched recursively; hidden files skipped, and so
-are this run's own output files) and list files (a ``.txt`` or ``.lst``
-argument holds one path per line, relative paths taken from the list's
-folder; a line starting with ``# `` or holding only ``#`` is a comment). Every
-input gets exactly one row, in input order, with ``status`` ``ok`` or
-``error`` and the reason. A film with no image content (uniform: blank, all
-black) and a probability the model cannot give (not finite, outside [0, 1])
+Inputs are files, folders (searched recursively, symbolic links to folders
+followed, each folder once; hidden files skipped, and so are this run's own
+output files and, unless ``--strict``, files that are not images: not named
+.jpg/.jpeg/.png/.dcm/... and not starting like a JPEG, PNG or DICOM) and list
+files (a ``.txt`` or ``.lst`` argument holds one path per line, relative paths
+taken from the list's folder; a line starting with ``# `` or holding only
+``#`` is a comment). Every input gets exactly one row, in input order, with
+``status`` ``ok``, ``warning`` (scored, but the DICOM header names another
+modality, body part or view, or an age outside 0-17 years) or ``error``, and
+the reason. The columns are ``path, probability, prediction, threshold, model,
+status, error, sop_instance_uid, study_instance_uid, accession_number``:
+``prediction`` is the predicted class, ``model`` the first 12 hex digits of
+the model's sha256, the last three a DICOM's identifiers (empty for other
+files). A film with no image content (uniform: blank, all black) and a
+probability the model cannot give (not finite, outside [0, 1])
 are errors, never a score. File names are written byte for byte: a name that
 is not valid UTF-8 keeps its raw bytes (Python's ``surrogateescape``). A
-``path`` or ``error`` field starting with ``= + - @``, a tab, a carriage
+``path``, ``error`` or identifier field starting with ``= + - @``, a tab, a carriage
 return or ``'`` gets a ``'`` in front, so a spreadsheet shows it as text; a
 resume strips it again.
 
 The CSV is rewritten atomically (temporary file + rename) as work progresses,
 so it is always a valid CSV. Images are decoded and scored in batches of at
 most ``--batch-size`` files and ``--batch-pixels`` decoded pixels. A lock file
-(``<out>.lock``) refuses a second run on the same output; temporary files a
-killed run left behind are removed by the next one. ``--out`` may not be an
-input, a list file, the model, or anything but a regular file.
+(``<out>.lock``, removed when the run ends) refuses a second run on the same
+output; temporary files a killed run left behind are removed by the next one.
+``--out`` may not be an input, a list file, the model, or anything but a
+regular file.
 
 Beside the CSV, ``<out>.run.json`` records which model scored it (path,
 sha256, feature set, head, threshold, site adjustments), the run's counts and
@@ -37,8 +46,10 @@ rows only when the record proves they come from the same model (it refuses,
 exit 2, rows of another model), matches paths after normalising them
 (relative or absolute), checks every kept row, keeps rows of inputs not given
 this time (after the others), and says what it kept and what it rescores.
+``--retry-errors`` also scores the error rows again. A CSV of the previous
+layout (with ``label``) is resumed too, its kept rows rewritten in the new one.
 
-Exit codes: 0 every input was scored; 1 at least one input has
+Exit codes: 0 every input was scored (warnings included); 1 at least one input has
 ``status=error``; 2 bad usage (including a bad list file or ``--out``), a
 refused model, another run holds the output's lock, ``--resume`` with another
 model than the CSV's, or an internal error (one line, no traceback).
@@ -49,7 +60,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import fcntl
 import hashlib
 import io
 import json
@@ -60,23 +70,44 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from xray_features.cnn import MODELS_DIR
-from xray_features.io import XrayReadError, read_xray
+from xray_features.dicom import ID_FIELDS, header_warnings
+from xray_features.io import (XrayReadError, looks_like_xray, read_xray,  # noqa: F401
+                              read_xray_and_header)
 
-from .multiclass import is_multiclass, score_rows
+from .multiclass import is_multiclass, score_columns, score_rows
 from .onnx_model import MANIFEST, load_onnx_model
 from .persist import (ModelFileError, atomic_write_bytes, check_decision_numbers, load_model,
                       sha256_of)
 
-__all__ = ["DEFAULT_MODEL", "COLUMNS", "BLANK_STD", "DEFAULT_BATCH_PIXELS", "InputListError",
-           "expand_inputs", "content_error", "probabilities_of", "score_paths", "main"]
+__all__ = ["DEFAULT_MODEL", "COLUMNS", "LEGACY_COLUMNS", "BLANK_STD", "DEFAULT_BATCH_PIXELS",
+           "IMAGE_SUFFIXES", "InputListError", "Inputs", "scan_inputs", "expand_inputs",
+           "content_error", "probabilities_of", "score_paths", "model_id", "main"]
 
 DEFAULT_MODEL = MODELS_DIR / "default_pipeline.joblib"
-COLUMNS = ("path", "probability", "prediction", "label", "status", "error")
+DICOM_COLUMNS = ("sop_instance_uid", "study_instance_uid", "accession_number")
+"""A DICOM's SOPInstanceUID, StudyInstanceUID and AccessionNumber (empty for
+other files), to join rows back to the hospital's records."""
+COLUMNS = ("path", "probability", "prediction", "threshold", "model", "status",
+           "error") + DICOM_COLUMNS
+"""A binary score CSV's columns: ``prediction`` is the predicted class (NORMAL or
+PNEUMONIA at ``threshold``), ``model`` the first 12 hex digits of the model's
+sha256 (`model_id`); ``status`` is ``ok``, ``warning`` (scored, but the DICOM
+header says the film is not what the model was trained on; ``error`` holds the
+reason) or ``error``."""
+LEGACY_COLUMNS = ("path", "probability", "prediction", "label", "status", "error")
+"""The columns before 2026-11-29 (``label``: the predicted 0/1); ``--resume``
+reads them and writes the kept rows in `COLUMNS`."""
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".dcm", ".dicom", ".dic")
+"""Files in a folder with these extensions always get a row; any other file
+gets one only when its first bytes are a JPEG, PNG or DICOM."""
+MODEL_ID_LENGTH = 12
+STATUSES = ("ok", "warning", "error")
 LIST_SUFFIXES = (".txt", ".lst")
 LABEL_NAMES = ("NORMAL", "PNEUMONIA")
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -93,6 +124,7 @@ cut where the next image would pass it, so one image of the reader's largest
 size (64 M pixels) is scored alone."""
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+_TEXT_COLUMNS = ("path", "error") + DICOM_COLUMNS  # free text: escaped for spreadsheets
 _ENCODING = ("utf-8", "surrogateescape")  # file names are bytes; keep them byte for byte
 
 
@@ -106,42 +138,80 @@ class UsageError(RuntimeError):
 
 # ---- inputs ------------------------------------------------------------------------------
 
-def expand_inputs(arguments, exclude=()):
-    """Files, folders and list files -> an ordered list of paths (as given).
+class Inputs(NamedTuple):
+    """What `scan_inputs` found: the paths to score, and the files of folders
+    that were left out because they are not images."""
+
+    paths: list
+    skipped: list
+
+
+def scan_inputs(arguments, exclude=(), strict=False):
+    """Files, folders and list files -> the paths to score, in order, and the
+    non-image files of folders that were skipped.
 
     Parameters
     ----------
     arguments : sequence of str
-        Image files, folders (searched recursively, sorted; hidden entries
-        skipped; directories and symlinks to directories skipped; anything
-        else, FIFOs and devices included, gets a row) and ``.txt``/``.lst``
-        list files (see `read_list`).
+        Image files, folders and ``.txt``/``.lst`` list files (see
+        `read_list`). A folder is searched recursively and sorted; hidden
+        entries are skipped; symbolic links to folders are followed, each
+        folder once (a link back to a folder already walked, a loop, is not
+        followed again). A file named on the command line or in a list always
+        gets a row.
     exclude : iterable of path
         Files never taken from a folder (the run's own outputs).
+    strict : bool
+        Give every file of a folder a row. By default a file of a folder
+        whose extension is not one of `IMAGE_SUFFIXES` is skipped when its
+        first bytes are not a JPEG, PNG or DICOM (`looks_like_xray`): a
+        ``notes.txt`` is skipped, an extensionless DICOM is scored, a broken
+        ``.png`` gets its error row.
 
     Returns
     -------
-    list of str
+    Inputs
     """
     excluded = {os.path.realpath(p) for p in exclude}
     excluded_names = {os.path.basename(p) for p in excluded}
-    paths = []
+    paths, skipped = [], []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            for found in sorted(str(p) for p in path.rglob("*")
-                                if not any(part.startswith(".")
-                                           for part in p.relative_to(path).parts)
-                                and (p.is_symlink() or not p.is_dir())):
+            for found in _folder_files(path):
                 if os.path.basename(found) in excluded_names \
                         and os.path.realpath(found) in excluded:
                     continue
-                paths.append(found)
+                if strict or found.lower().endswith(IMAGE_SUFFIXES) or looks_like_xray(found):
+                    paths.append(found)
+                else:
+                    skipped.append(found)
         elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
             paths += read_list(path)
         else:
             paths.append(str(path))  # a missing file still gets its error row
-    return paths
+    return Inputs(paths, skipped)
+
+
+def expand_inputs(arguments, exclude=(), strict=False):
+    """The paths `scan_inputs` finds (a list of str), without the skipped files."""
+    return scan_inputs(arguments, exclude, strict).paths
+
+
+def _folder_files(root):
+    """Every non-hidden entry below ``root`` that is not a folder, sorted;
+    symbolic links to folders are followed, each real folder walked once."""
+    walked, files = {os.path.realpath(root)}, []
+    for folder, folders, names in os.walk(root, followlinks=True):
+        keep = []
+        for name in sorted(folders):
+            real = os.path.realpath(os.path.join(folder, name))
+            if not name.startswith(".") and real not in walked:
+                walked.add(real)
+                keep.append(name)
+        folders[:] = keep  # os.walk descends only into these
+        files += [str(Path(folder) / name) for name in names if not name.startswith(".")]
+    return sorted(files)
 
 
 def read_list(path):
@@ -186,15 +256,30 @@ def _list_files(arguments):
 
 # ---- scoring -------------------------------------------------------------------------------
 
-def _error_row(path, message):
-    return {"path": path, "probability": "", "prediction": "", "label": "",
-            "status": "error", "error": message}
+def _row(path, threshold, status, error="", probability="", header=None):
+    """A binary row in `COLUMNS`; ``model`` is filled in by the run (`model_id`)."""
+    prediction = "" if probability == "" else LABEL_NAMES[int(probability >= threshold)]
+    return {"path": path, "probability": "" if probability == "" else f"{probability:.6f}",
+            "prediction": prediction, "threshold": _threshold_text(threshold), "model": "",
+            "status": status, "error": error, **dicom_ids(header)}
 
 
-def _ok_row(path, probability, threshold):
-    label = int(probability >= threshold)
-    return {"path": path, "probability": f"{probability:.6f}", "prediction": LABEL_NAMES[label],
-            "label": str(label), "status": "ok", "error": ""}
+def dicom_ids(header):
+    """The `DICOM_COLUMNS` of a row from a DICOM's header (all empty without one)."""
+    return {column: (header or {}).get(field, "") for column, field in zip(DICOM_COLUMNS,
+                                                                            ID_FIELDS)}
+
+
+def scored_status(path, header):
+    """``("ok", "")`` or, when a DICOM header says the film is not a paediatric
+    frontal chest radiograph (`xray_features.dicom.header_warnings`),
+    ``("warning", reason)``."""
+    reasons = header_warnings(header) if header else []
+    return ("warning", f"{path}: " + "; ".join(reasons)) if reasons else ("ok", "")
+
+
+def _threshold_text(threshold):
+    return f"{float(threshold):.6f}"
 
 
 def content_error(image):
@@ -232,7 +317,8 @@ def _checked_probability(path, value):
     return p, None
 
 
-def probabilities_of(model, paths, max_batch_pixels=DEFAULT_BATCH_PIXELS, all_classes=False):
+def probabilities_of(model, paths, max_batch_pixels=DEFAULT_BATCH_PIXELS, all_classes=False,
+                     headers=None):
     """The PNEUMONIA probability of each path (None where it failed) and
     ``{index: error message}`` for the failures; never raises for a bad image.
     With ``all_classes``, each probability is the row of every class's (a
@@ -248,6 +334,9 @@ def probabilities_of(model, paths, max_batch_pixels=DEFAULT_BATCH_PIXELS, all_cl
         where the next image would pass this (one image at least).
     all_classes : bool
         Return every class's probability, not only PNEUMONIA's.
+    headers : dict, optional
+        Filled with ``{index: header}`` for the DICOMs read
+        (`xray_features.io.read_xray_and_header`).
 
     Returns
     -------
@@ -268,7 +357,10 @@ def probabilities_of(model, paths, max_batch_pixels=DEFAULT_BATCH_PIXELS, all_cl
 
     for i, path in enumerate(paths):
         try:
-            image = read_xray(path, max_pixels=reader.max_pixels, min_side=reader.min_side)
+            image, header = read_xray_and_header(path, max_pixels=reader.max_pixels,
+                                                 min_side=reader.min_side)
+            if header is not None and headers is not None:
+                headers[i] = header
             problem = content_error(image)
         except Exception as exc:  # XrayReadError, MemoryError, anything unexpected
             errors[i] = _describe(path, exc)
@@ -318,10 +410,13 @@ def score_paths(model, paths, max_batch_pixels=DEFAULT_BATCH_PIXELS):
     for a bad image. A three-class model's rows have other columns
     (`pipelines.multiclass.score_rows`)."""
     if is_multiclass(model):
-        return score_rows(model, paths)
+        return score_rows(model, paths, max_batch_pixels)
     threshold = model.steps[-1][1].threshold_
-    found, errors = probabilities_of(model, paths, max_batch_pixels)
-    return [_error_row(path, errors[i]) if i in errors else _ok_row(path, found[i], threshold)
+    headers = {}
+    found, errors = probabilities_of(model, paths, max_batch_pixels, headers=headers)
+    return [_row(path, threshold, "error", errors[i], header=headers.get(i)) if i in errors
+            else _row(path, threshold, *scored_status(path, headers.get(i)),
+                      probability=found[i], header=headers.get(i))
             for i, path in enumerate(paths)]
 
 
@@ -341,7 +436,7 @@ def _csv_bytes(rows):
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else COLUMNS,
                             lineterminator="\n")
     writer.writeheader()
-    writer.writerows({**row, "path": _escaped(row["path"]), "error": _escaped(row["error"])}
+    writer.writerows({**row, **{c: _escaped(row[c]) for c in _TEXT_COLUMNS if c in row}}
                      for row in rows)
     return buffer.getvalue().encode(*_ENCODING)
 
@@ -374,7 +469,7 @@ def _read_rows(out):
         rows = []
         for fields in reader:
             row = dict(zip(columns, fields + [""] * (len(columns) - len(fields))))
-            row["path"], row["error"] = _unescaped(row["path"]), _unescaped(row["error"])
+            row.update({c: _unescaped(row[c]) for c in _TEXT_COLUMNS if c in row})
             row["_fields"] = len(fields)
             rows.append(row)
     except csv.Error as exc:
@@ -383,12 +478,18 @@ def _read_rows(out):
 
 
 def _is_score_header(header):
-    """A binary score CSV's `COLUMNS`, or a three-class one's
-    (``path, p_<class>..., prediction, status, error``)."""
+    """A binary score CSV's `COLUMNS` or `LEGACY_COLUMNS`, or a three-class
+    one's (``path, p_<class>..., prediction, [model,] status, error``)."""
     header = tuple(header)
-    return header == COLUMNS or (
-        len(header) >= 5 and header[0] == "path" and header[-3:] == ("prediction", "status", "error")
-        and all(c.startswith("p_") for c in header[1:-3]))
+    if header in (COLUMNS, LEGACY_COLUMNS):
+        return True
+    if header[-len(DICOM_COLUMNS):] == DICOM_COLUMNS:
+        header = header[:-len(DICOM_COLUMNS)]
+    tail = ("prediction", "model", "status", "error") if "model" in header \
+        else ("prediction", "status", "error")
+    return (len(header) >= len(tail) + 2 and header[0] == "path"
+            and header[-len(tail):] == tail
+            and all(c.startswith("p_") for c in header[1:-len(tail)]))
 
 
 def _row_columns(row):
@@ -399,9 +500,9 @@ def _canonical(row):
     """A row as the run record's digest sees it: probabilities as 6 decimals and
     a label as an integer when they parse, so a spreadsheet's re-save matches."""
     fields = []
-    for column in _row_columns(row) if "probability" not in row else COLUMNS:
+    for column in _row_columns(row):
         value = row.get(column, "")
-        convert = (lambda v: f"{float(v):.6f}") if column == "probability" or \
+        convert = (lambda v: f"{float(v):.6f}") if column in ("probability", "threshold") or \
             column.startswith("p_") else (lambda v: str(int(float(v)))) if column == "label" \
             else None
         try:
@@ -420,19 +521,25 @@ def rows_sha256(rows):
     return digest.hexdigest()
 
 
-def _row_problem(row, threshold):
-    """Why a row read back from a CSV cannot be kept, or None."""
+def _row_problem(row, threshold, identity):
+    """Why a row read back from a CSV cannot be kept, or None. A row in the
+    current layout must name this model (``identity``, its sha256) and
+    threshold; a legacy row's ``label`` must agree with its prediction."""
     if row.get("_fields", len(_row_columns(row))) != len(_row_columns(row)):
         return "wrong number of fields"
+    if "model" in row and row["model"] != model_id(identity):
+        return f"scored by model {row['model'] or '(none)'}, not {model_id(identity)}"
     if "probability" not in row:
         return _class_row_problem(row)
     if not row["path"]:
         return "no path"
+    if "threshold" in row and not _same_threshold(row["threshold"], threshold):
+        return f"threshold {row['threshold']!r} is not the model's {threshold:.6f}"
     if row["status"] == "error":
-        if row["probability"] or row["prediction"] or row["label"] or not row["error"]:
+        if row["probability"] or row["prediction"] or row.get("label") or not row["error"]:
             return "an error row with a score, or without a reason"
         return None
-    if row["status"] != "ok":
+    if row["status"] not in STATUSES:
         return f"unknown status {row['status']!r}"
     try:
         p = float(row["probability"])
@@ -440,12 +547,30 @@ def _row_problem(row, threshold):
         return f"probability {row['probability']!r} is not a number"
     if not (math.isfinite(p) and 0.0 <= p <= 1.0):
         return f"probability {row['probability']!r} is outside [0, 1]"
-    if row["prediction"] not in LABEL_NAMES or row["label"] != str(
-            LABEL_NAMES.index(row["prediction"])) or row["error"]:
-        return f"prediction {row['prediction']!r} / label {row['label']!r} are not a decision"
+    if row["prediction"] not in LABEL_NAMES or row.get("label", "") != (
+            str(LABEL_NAMES.index(row["prediction"])) if "label" in row else "") \
+            or bool(row["error"]) != (row["status"] != "ok"):
+        return (f"prediction {row['prediction']!r} / label {row.get('label')!r} are not a "
+                "decision, or the reason does not fit the status")
     if abs(p - threshold) > 1e-6 and LABEL_NAMES[int(p >= threshold)] != row["prediction"]:
         return f"prediction {row['prediction']} disagrees with the threshold {threshold:.6f}"
     return None
+
+
+def _same_threshold(text, threshold):
+    try:
+        return abs(float(text) - float(threshold)) <= 1e-6
+    except ValueError:
+        return False
+
+
+def _migrated(row, columns, threshold, identity):
+    """A kept row in this run's ``columns``: a legacy row loses ``label`` (checked
+    already) and gains this model's ``threshold`` and ``model``; columns it
+    lacks are empty."""
+    filled = {"threshold": _threshold_text(threshold) if threshold is not None else "",
+              "model": model_id(identity)}
+    return {c: row[c] if c in row else filled.get(c, "") for c in columns}
 
 
 def _class_row_problem(row):
@@ -458,8 +583,8 @@ def _class_row_problem(row):
         if any(row[c] for c in columns) or row["prediction"] or not row["error"]:
             return "an error row with a score, or without a reason"
         return None
-    if row["status"] != "ok" or row["error"]:
-        return f"unknown status {row['status']!r}"
+    if row["status"] not in STATUSES or bool(row["error"]) != (row["status"] != "ok"):
+        return f"unknown status {row['status']!r}, or a reason that does not fit it"
     try:
         p = [float(row[c]) for c in columns]
     except ValueError:
@@ -475,20 +600,94 @@ def _class_row_problem(row):
 
 @contextmanager
 def _exclusive_lock(out):
+    """Hold ``<out>.lock`` (an OS lock: the kernel drops it when the holder
+    dies) while the block runs; the file is removed when the block ends,
+    however it ends short of a kill.
+
+    Raises
+    ------
+    RuntimeError
+        Another process holds the lock.
+    """
     lock_path = Path(str(out) + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise RuntimeError(f"{out} is being written by another scoring run "
-                           f"(lock {lock_path} is held); wait for it or use another --out")
+    handle = _acquire(lock_path, out)
     try:
         yield
     finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
+        _release(handle, lock_path)
+
+
+def _acquire(lock_path, out):
+    for _ in range(100):
+        handle = open(lock_path, "a+b")
+        if not _try_lock(handle):
+            handle.close()
+            raise RuntimeError(f"{out} is being written by another scoring run "
+                               f"(lock {lock_path} is held); wait for it or use another --out")
+        try:  # the holder before us may have removed the file as we locked it
+            if os.path.samestat(os.fstat(handle.fileno()), os.stat(lock_path)):
+                return handle
+        except FileNotFoundError:
+            pass
+        _unlock(handle)
         handle.close()
+    raise RuntimeError(f"could not take the lock {lock_path}: it keeps being replaced")
+
+
+def _try_lock(handle):
+    """Lock ``handle`` without waiting (False: another process holds it). The
+    platform's module is imported here, so this module imports everywhere."""
+    if os.name == "nt":
+        import msvcrt
+
+        try:
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):
+        return False
+    return True
+
+
+def _unlock(handle):
+    if os.name == "nt":
+        import msvcrt
+
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _release(handle, lock_path):
+    """Remove the lock file and unlock. On POSIX it is removed while still held
+    (a run that opened it meanwhile sees it replaced and retries, `_acquire`);
+    Windows cannot remove an open file, so there it goes after the unlock."""
+    try:
+        if os.name != "nt":
+            lock_path.unlink(missing_ok=True)
+        _unlock(handle)
+    finally:
+        handle.close()
+    if os.name == "nt":
+        try:
+            lock_path.unlink()
+        except OSError:
+            pass  # another run has it open (or holds it now)
+
+
+def model_id(identity):
+    """The short model id written on every row: the first 12 hex digits of its sha256."""
+    return identity[:MODEL_ID_LENGTH]
 
 
 def model_sha256(model_path):
@@ -592,10 +791,12 @@ class _Output:
     this model and the rows about to be written, and the pair on disk before),
     then the CSV."""
 
-    def __init__(self, out, model_path, identity, model, metadata, n_inputs, previous):
+    def __init__(self, out, model_path, identity, model, metadata, n_inputs, previous,
+                 skipped=0):
         self.out = out
+        self.skipped = skipped
         self.base = {
-            "model": str(model_path), "model_sha256": identity,
+            "model": str(model_path), "model_sha256": identity, "model_id": model_id(identity),
             "feature_set": metadata.get("feature_set"), "head": metadata.get("head"),
             "threshold": float(model.steps[-1][1].threshold_),
             "site_adjustments": _site_adjustments(metadata).lstrip(", ") or None,
@@ -606,8 +807,9 @@ class _Output:
     def write(self, rows, final=False):
         record = dict(self.base)
         if final:
-            record["ok"] = sum(row["status"] == "ok" for row in rows)
-            record["errors"] = len(rows) - record["ok"]
+            for status, count in (("ok", "ok"), ("warning", "warnings"), ("error", "errors")):
+                record[count] = sum(row["status"] == status for row in rows)
+            record["skipped"] = self.skipped
         record["rows"] = len(rows)
         record["rows_sha256"] = rows_sha256(rows)
         record["previous"] = self.previous
@@ -620,10 +822,11 @@ class _Output:
                          "rows_sha256": record["rows_sha256"]}
 
 
-def _prepare(out, paths, model_path, identity, threshold, resume):
+def _prepare(out, paths, model_path, identity, threshold, resume, columns, retry_errors=False):
     """What is on disk at ``out``: the rows kept for this run (None: to score),
-    rows of other inputs kept after them, the (model, rows) pair on disk, and
-    the lines that tell the user what happened."""
+    rows of other inputs kept after them (both in ``columns``), the (model,
+    rows) pair on disk, and the lines that tell the user what happened. With
+    ``retry_errors``, error rows are not kept."""
     existing = _read_rows(out)
     if existing is None:
         return [None] * len(paths), [], None, []
@@ -641,8 +844,13 @@ def _prepare(out, paths, model_path, identity, threshold, resume):
         return [None] * len(paths), [], on_disk, []
     notes = []
     if record is None:
+        if existing and "model" not in existing[0]:
+            notes.append(f"warning: {out} has no run record ({run_record_path(out).name}) and "
+                         f"its rows name no model; none of its {len(existing)} rows is kept and "
+                         "every input is scored again")
+            return [None] * len(paths), [], on_disk, notes
         notes.append(f"warning: {out} has no run record ({run_record_path(out).name}); its rows "
-                     "are kept without checking which model wrote them")
+                     "are kept where their model column names this model")
         cwd = os.getcwd()
     else:
         if owner is None and record.get("model_sha256") == identity:
@@ -657,16 +865,19 @@ def _prepare(out, paths, model_path, identity, threshold, resume):
                 f"{model_path} (sha256 {identity[:12]}…) would mix two models' rows: resume "
                 "with that model, or score into another --out")
         cwd = record.get("cwd") if isinstance(record.get("cwd"), str) else os.getcwd()
-    done, invalid, order = {}, [], []
+    done, invalid, order, retried = {}, [], {}, 0
     for row in existing:
-        problem = _row_problem(row, threshold)
+        problem = _row_problem(row, threshold, identity)
         if problem:
             invalid.append(f"{row['path'] or '(no path)'}: {problem}")
             continue
         key = _key(row["path"], cwd)
-        if key not in done:
-            order.append(key)
-        done[key] = {column: row[column] for column in _row_columns(row)}
+        if retry_errors and row["status"] == "error":
+            retried += 1
+            done.pop(key, None)
+            continue
+        order.setdefault(key)  # first place of the path in the CSV
+        done[key] = _migrated(row, columns, threshold, identity)
     here = os.getcwd()
     rows, used = [], set()
     for path in paths:
@@ -679,11 +890,16 @@ def _prepare(out, paths, model_path, identity, threshold, resume):
                     row = {**row, "error": path + row["error"][len(row["path"]):]}
                 row = {**row, "path": path}
         rows.append(row)
-    others = [done[key] for key in order if key not in used]
+    others = [done[key] for key in order if key in done and key not in used]
     n_kept = sum(row is not None for row in rows)
     notes.append(f"resume: kept {n_kept} rows of {out}, {len(paths) - n_kept} inputs to score"
                  + (f"; {len(others)} rows of inputs not given this time are kept after them"
                     if others else ""))
+    if retried:
+        notes.append(f"resume: {retried} error rows not kept (--retry-errors): scored again")
+    if existing and "label" in existing[0]:
+        notes.append(f"resume: {out} has the old columns ({','.join(LEGACY_COLUMNS)}); its kept "
+                     f"rows are written as {','.join(columns)}")
     if invalid:
         notes.append(f"resume: {len(invalid)} invalid rows not kept (their inputs are scored "
                      "again): " + "; ".join(invalid[:5]) + (" …" if len(invalid) > 5 else ""))
@@ -742,6 +958,12 @@ def build_parser():
     parser.add_argument("--resume", action="store_true",
                         help="keep rows already in --out (from the same model) and score only "
                         "the rest")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="with --resume (implied): score the rows with status=error again")
+    parser.add_argument("--strict", action="store_true",
+                        help="give every file in a folder a row; by default files that are not "
+                        "images (notes.txt, .csv, .json: by extension and first bytes) are "
+                        "skipped and counted")
     parser.add_argument("--batch-size", type=_positive_int, default=64,
                         help="images per batch (default 64)")
     parser.add_argument("--batch-pixels", type=_positive_int, default=DEFAULT_BATCH_PIXELS,
@@ -782,30 +1004,41 @@ def _main(args):
     model, metadata = _load(model_path)
     if args.dask and model_path.is_dir():
         raise UsageError("--dask needs a .joblib model")
-    paths = expand_inputs(args.inputs, exclude=_output_files(args.out))
+    paths, skipped = scan_inputs(args.inputs, exclude=_output_files(args.out),
+                                 strict=args.strict)
     if not paths:
-        raise UsageError("no input files found")
+        raise UsageError("no input files found" + (
+            f" ({len(skipped)} files that are not images skipped; --strict scores them)"
+            if skipped else ""))
     check_out(args.out, paths, _list_files(args.inputs), model_path)
     identity = model_sha256(model_path)
     threshold = model.steps[-1][1].threshold_
+    columns = score_columns(model.steps[-1][1].classes_) if is_multiclass(model) else COLUMNS
     try:
         with _exclusive_lock(args.out):
             _remove_stale_temporaries(args.out)
-            rows, others, on_disk, notes = _prepare(args.out, paths, model_path, identity,
-                                                    threshold, args.resume)
+            rows, others, on_disk, notes = _prepare(
+                args.out, paths, model_path, identity, threshold,
+                args.resume or args.retry_errors, columns, args.retry_errors)
             for note in notes:
                 print(note, file=sys.stderr)
             output = _Output(args.out, model_path, identity, model, metadata, len(paths),
-                             on_disk)
-            rows = (_score_all_dask(model_path, paths, rows, others, output, args) if args.dask
-                    else _score_all(model, paths, rows, others, output, args))
+                             on_disk, len(skipped))
+            score_all = _score_all_dask if args.dask else _score_all
+            rows = score_all(model if not args.dask else model_path, paths, rows, others,
+                             output, args, model_id(identity))
     except ImportError as exc:  # the dask extra is missing: the message names it
         raise UsageError(str(exc)) from None
-    failed = sum(row["status"] != "ok" for row in rows[:len(paths)])
+    failed = sum(row["status"] == "error" for row in rows[:len(paths)])
+    warned = sum(row["status"] == "warning" for row in rows[:len(paths)])
     print(f"scored {len(paths) - failed} of {len(paths)} inputs with {model_path.name} "
-          f"({metadata.get('feature_set')}/{metadata.get('head')}, threshold "
-          f"{threshold:.3f}{_site_adjustments(metadata)}); {failed} errors; "
-          f"wrote {args.out}", file=sys.stderr)
+          f"(model {model_id(identity)}, {metadata.get('feature_set')}/{metadata.get('head')}, "
+          f"threshold {threshold:.3f}{_site_adjustments(metadata)}); "
+          + (f"{warned} warnings (status=warning: scored, but the DICOM header says the film "
+             "is not a paediatric frontal chest radiograph); " if warned else "")
+          + f"{failed} errors"
+          + (f"; {len(skipped)} files that are not images skipped (--strict gives them rows)"
+             if skipped else "") + f"; wrote {args.out}", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -822,20 +1055,25 @@ def _site_adjustments(metadata):
     return "".join(f", {note}" for note in notes)
 
 
-def _score_all_dask(model_path, paths, rows, others, output, args):
+def _stamped(row, identity):
+    """A freshly scored row with the run's model id."""
+    return {**row, "model": identity}
+
+
+def _score_all_dask(model_path, paths, rows, others, output, args, identity):
     from .dask_scoring import score_on_dask
 
     todo = [i for i, row in enumerate(rows) if row is None]
     scored = score_on_dask(model_path, [paths[i] for i in todo], scheduler=args.dask,
                            batch_size=args.batch_size)
     for i, row in zip(todo, scored):
-        rows[i] = row
+        rows[i] = _stamped(row, identity)
     rows = rows + others
     output.write(rows, final=True)
     return rows
 
 
-def _score_all(model, paths, rows, others, output, args):
+def _score_all(model, paths, rows, others, output, args, identity):
     todo = [i for i, row in enumerate(rows) if row is None]
     bar = tqdm(total=len(paths), initial=len(paths) - len(todo), unit="img", desc="scoring",
                disable=args.quiet, file=sys.stderr)
@@ -844,7 +1082,7 @@ def _score_all(model, paths, rows, others, output, args):
         batch = todo[start:start + args.batch_size]
         for i, row in zip(batch, score_paths(model, [paths[i] for i in batch],
                                              max_batch_pixels=args.batch_pixels)):
-            rows[i] = row
+            rows[i] = _stamped(row, identity)
         bar.update(len(batch))
         if time.monotonic() - last_write >= args.checkpoint_seconds:
             output.write([r for r in rows if r is not None] + others)

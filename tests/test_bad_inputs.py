@@ -52,8 +52,11 @@ def write_zero_png(path, width, height, rows_per_idat=1000):
     return Path(path)
 
 
-def write_dicom(path, pixels=None, photometric="MONOCHROME2"):
-    """A small uncompressed 16-bit DICOM; ``pixels=None`` leaves out PixelData."""
+def write_dicom(path, pixels=None, photometric="MONOCHROME2", bits=16, slope=None, window=None,
+                **tags):
+    """A small uncompressed DICOM, 16-bit with 12 bits stored (``bits=8``: 8-bit);
+    ``pixels=None`` leaves out PixelData; ``slope`` (intercept 0), ``window``
+    (center, width) and other ``tags`` (``ViewPosition="LL"``) are set when given."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -70,9 +73,17 @@ def write_dicom(path, pixels=None, photometric="MONOCHROME2"):
     ds.Rows, ds.Columns = shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = (8, 8, 7) if bits == 8 else (16, 12, 11)
+    ds.PixelRepresentation = 0
     if pixels is not None:
-        ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+        dtype = np.uint8 if bits == 8 else "<u2"
+        ds.PixelData = np.ascontiguousarray(pixels, dtype=dtype).tobytes()
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    for tag, value in tags.items():
+        setattr(ds, tag, value)
     ds.save_as(path, enforce_file_format=True)
     return Path(path)
 

@@ -132,9 +132,11 @@ def test_score_cli_with_export_folder_unpickles_nothing(trained_run, synthetic_d
                                 "--quiet"]) == score.EXIT_SOME_FAILED
     a, b = _rows(tmp_path / "a.csv"), _rows(tmp_path / "b.csv")
     assert len(a) == len(b) == 13 and b[-1]["status"] == "error"
-    for row_a, row_b in zip(a, b):
-        assert {k: v for k, v in row_a.items() if k != "probability"} == \
-            {k: v for k, v in row_b.items() if k != "probability"}
+    for row_a, row_b in zip(a, b):  # the same but for the model id (the joblib's, model.json's)
+        assert {k: v for k, v in row_a.items() if k not in ("probability", "model")} == \
+            {k: v for k, v in row_b.items() if k not in ("probability", "model")}
+        assert (row_a["model"], row_b["model"]) == (score.model_id(score.model_sha256(model_path)),
+                                                    score.model_id(score.model_sha256(out_dir)))
         if row_a["status"] == "ok":
             assert abs(float(row_a["probability"]) - float(row_b["probability"])) <= 2e-6
 

@@ -321,7 +321,7 @@ def test_no_error_row_has_an_empty_reason(folder, model_a, monkeypatch):
     def no_memory(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(score, "read_xray", no_memory)
+    monkeypatch.setattr(score, "read_xray_and_header", no_memory)
     rows = score.score_paths(model, [str(folder / "good0.png")])
     assert rows[0]["error"] == f"{folder / 'good0.png'}: not enough memory"
 
@@ -465,7 +465,7 @@ def test_paths_that_look_like_formulas_are_written_as_text(folder, model_a, tmp_
     with open(out, newline="", encoding="utf-8") as handle:
         raw = list(csv.reader(handle))
     assert raw[1][0] == "'=HYPERLINK(1).png" and raw[2][0] == "'@SUM(1).png"
-    assert raw[2][5].startswith("'@SUM(1).png: not an image")
+    assert raw[2][score.COLUMNS.index("error")].startswith("'@SUM(1).png: not an image")
     assert raw[3][0] == "good1.png"
     seen = _spy(monkeypatch)
     assert score.main(["=HYPERLINK(1).png", "@SUM(1).png", "good1.png"] + args +

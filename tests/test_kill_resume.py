@@ -56,10 +56,11 @@ def _read_csv(path):
     reader = csv.reader(text.splitlines())
     assert next(reader) == list(score.COLUMNS)
     rows = list(reader)
+    status = score.COLUMNS.index("status")
     for row in rows:
         assert len(row) == len(score.COLUMNS), row
-        assert row[4] in ("ok", "error"), row
-        if row[4] == "ok":
+        assert row[status] in ("ok", "error"), row
+        if row[status] == "ok":
             assert 0.0 <= float(row[1]) <= 1.0 and row[2] in score.LABEL_NAMES
     return rows
 
@@ -75,7 +76,7 @@ def test_sigkill_halfway_then_resume_matches_an_uninterrupted_run(tiny_model, ma
     assert score.main([str(many_inputs), "--model", str(tiny_model), "--out",
                        str(reference_csv), "--quiet"]) == score.EXIT_SOME_FAILED
     reference = _read_csv(reference_csv)
-    assert len(reference) == N_INPUTS and reference[-1][4] == "error"
+    assert len(reference) == N_INPUTS and reference[-1][score.COLUMNS.index("status")] == "error"
 
     out = tmp_path / "run" / "scores.csv"
     process = subprocess.Popen(_score_command(many_inputs, tiny_model, out, "--batch-size", "16",
@@ -139,5 +140,5 @@ def test_lock_refuses_a_second_process_and_dies_with_its_holder(tiny_model, tmp_
     assert score.main([str(image), "--model", str(tiny_model), "--out", str(out),
                        "--quiet"]) == score.EXIT_OK
     rows = _read_csv(out)
-    assert len(rows) == 1 and rows[0][4] == "ok"
+    assert len(rows) == 1 and rows[0][score.COLUMNS.index("status")] == "ok"
     assert np.isfinite(float(rows[0][1]))

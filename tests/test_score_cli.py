@@ -38,7 +38,7 @@ def mixed_folder(tmp_path, synthetic_data):
     return folder
 
 
-def test_folder_with_bad_files(mixed_folder, model_path, tmp_path):
+def test_folder_with_bad_files(mixed_folder, model_path, tmp_path, capsys):
     out = tmp_path / "scores.csv"
     code = score.main([str(mixed_folder), "--model", str(model_path), "--out", str(out), "--quiet"])
     assert code == score.EXIT_SOME_FAILED
@@ -50,9 +50,14 @@ def test_folder_with_bad_files(mixed_folder, model_path, tmp_path):
         assert 0 <= float(status[name]["probability"]) <= 1
         assert status[name]["prediction"] in ("NORMAL", "PNEUMONIA")
     assert "empty" in status["empty.png"]["error"]
-    assert "not an image" in status["notes.txt"]["error"]
     assert "truncated" in status["corrupt.png"]["error"]
-    assert all(status[n]["status"] == "error" for n in ("empty.png", "notes.txt", "corrupt.png"))
+    assert all(status[n]["status"] == "error" for n in ("empty.png", "corrupt.png"))
+    assert "notes.txt" not in status  # not an image: skipped and counted
+    assert "1 files that are not images skipped" in capsys.readouterr().err
+    assert score.main([str(mixed_folder), "--model", str(model_path), "--out", str(out),
+                       "--quiet", "--strict"]) == score.EXIT_SOME_FAILED
+    notes = {r["path"].rsplit("/", 1)[1]: r for r in _rows(out)}["notes.txt"]
+    assert notes["status"] == "error" and "not an image" in notes["error"]
 
 
 def test_scores_match_the_pipeline(mixed_folder, model_path, tmp_path):
@@ -118,7 +123,7 @@ def test_run_record_names_the_model_and_counts(mixed_folder, model_path, tmp_pat
     record = json.loads(score.run_record_path(out).read_text())
     sidecar = model_path.with_name(model_path.name + ".sha256").read_text().split()[0]
     assert record["model_sha256"] == sidecar
-    assert (record["inputs"], record["ok"], record["errors"]) == (7, 4, 3)
+    assert (record["inputs"], record["ok"], record["errors"], record["skipped"]) == (6, 4, 2, 1)
     model, metadata = load_model(model_path)
     assert record["threshold"] == model.steps[-1][1].threshold_
     assert (record["feature_set"], record["head"]) == (metadata["feature_set"], "logreg")

@@ -24,7 +24,10 @@ def test_saved_model_classes_and_scoring_columns(subtype_run, tmp_path):
     with open(csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["path", "p_normal", "p_bacterial", "p_viral", "prediction",
-                             "status", "error"]
+                             "model", "status", "error", "sop_instance_uid",
+                             "study_instance_uid", "accession_number"]
+    assert {r["model"] for r in rows} == {
+        score.model_id(score.model_sha256(out / "models" / "hog-logreg.joblib"))}
     assert [r["path"] for r in rows] == paths
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == len(test)

@@ -6,8 +6,13 @@ array of shape ``(height, width)`` with values in ``[0, 1]``:
 - 8-bit JPEG/PNG are divided by 255, 16-bit PNG by 65535;
 - colour (RGB, RGBA, palette, CMYK JPEG) is converted to luminance
   (ITU-R BT.601 weights); an alpha channel is dropped;
-- DICOM gets its modality LUT (rescale slope/intercept), then its VOI LUT or
-  window when present, is inverted when MONOCHROME1, and is min-max scaled.
+- DICOM gets its modality LUT (rescale slope/intercept), then is mapped to
+  [0, 1] by one convention shared with 8-bit images (`dicom_unit_scale`): its
+  window (Window Center/Width, linear or sigmoid, DICOM PS3.3 C.11.2.1.2)
+  maps to [0, 1]; without a window an 8-bit film (Bits Stored <= 8, values
+  in 0-255) is divided by 255 like a JPEG; a film with a VOI LUT table, or
+  of more than 8 bits without a window, is min-max scaled; MONOCHROME1 is
+  then inverted. An 8-bit film therefore reads the same as DICOM and as PNG.
 
 The format is found from the file's bytes, not its extension. Every failure
 raises `XrayReadError`, whose message names the file and the reason. Before
@@ -20,6 +25,7 @@ pixel is decoded.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -30,7 +36,10 @@ import cv2
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-__all__ = ["XrayReadError", "read_xray", "ReadImages", "DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE",
+from .dicom import header_of
+
+__all__ = ["XrayReadError", "read_xray", "read_xray_and_header", "looks_like_xray",
+           "dicom_unit_scale", "ReadImages", "DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE",
            "DEFAULT_MAX_BYTES", "MAX_JPEG_SCANS"]
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -102,6 +111,33 @@ def read_xray(path, *, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE,
         `MAX_JPEG_SCANS` scans, a PNG whose image data inflates past what its
         header needs); or not enough memory to decode it.
     """
+    return read_xray_and_header(path, max_pixels=max_pixels, min_side=min_side,
+                                max_side=max_side, max_bytes=max_bytes)[0]
+
+
+def read_xray_and_header(path, *, max_pixels=DEFAULT_MAX_PIXELS, min_side=DEFAULT_MIN_SIDE,
+                         max_side=None, max_bytes=DEFAULT_MAX_BYTES):
+    """`read_xray`, and a DICOM's header fields.
+
+    Parameters
+    ----------
+    path, max_pixels, min_side, max_side, max_bytes
+        As `read_xray`.
+
+    Returns
+    -------
+    image : ndarray of shape (height, width), float32
+        What `read_xray` returns.
+    header : dict of str to str, or None
+        For a DICOM, `xray_features.dicom.header_of` (Modality,
+        BodyPartExamined, ViewPosition, PatientAge and the identifiers);
+        None for JPEG and PNG.
+
+    Raises
+    ------
+    XrayReadError
+        As `read_xray`.
+    """
     try:
         return _read_xray(path, max_pixels, min_side, max_side, max_bytes)
     except MemoryError:
@@ -127,8 +163,8 @@ def _read_xray(path, max_pixels, min_side, max_side, max_bytes):
         _check_jpeg_scans(path, data)
         reduction = _jpeg_reduction(width, height, max_side)
         if reduction > 1:
-            return _decode_reduced_jpeg(path, data, reduction)
-    return _decode_raster(path, data)
+            return _decode_reduced_jpeg(path, data, reduction), None
+    return _decode_raster(path, data), None
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "is a directory, not a file"),
@@ -140,8 +176,9 @@ _FILE_KINDS = ((stat.S_ISDIR, "is a directory, not a file"),
 
 def _nonblocking(name, flags):
     # O_NONBLOCK: opening a FIFO with no writer returns at once instead of
-    # waiting forever; fstat then refuses it before any read.
-    return os.open(name, flags | os.O_NONBLOCK)
+    # waiting forever; fstat then refuses it before any read. Windows has no
+    # O_NONBLOCK (and no FIFOs in the file system): a plain open there.
+    return os.open(name, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
 
 
 def _read_bytes(path, max_bytes=DEFAULT_MAX_BYTES):
@@ -176,6 +213,33 @@ def _read_bytes(path, max_bytes=DEFAULT_MAX_BYTES):
     if len(data) > max_bytes:  # it grew after the size check
         raise XrayReadError(path, f"file too large: more than {max_bytes:,} bytes")
     return data
+
+
+def looks_like_xray(path):
+    """Whether a file found in a folder is worth a row: False only for a
+    readable regular file whose first bytes are none of JPEG, PNG or DICOM
+    (the files `read_xray` refuses as "unrecognised content", and empty
+    files).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    bool
+        True for an image, and for anything that cannot be checked without
+        blocking or reading much (a FIFO, a device, an unreadable or missing
+        file): those get their row, and `read_xray` gives the reason.
+    """
+    try:
+        with open(path, "rb", buffering=0, opener=_nonblocking) as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return True
+            head = handle.read(_DICOM_MAGIC_OFFSET + 4)
+    except (OSError, ValueError):
+        return True
+    return _sniff(head) is not None
 
 
 def _read_at_most(handle, max_bytes):
@@ -399,7 +463,7 @@ def _read_dicom(path, data, max_pixels, min_side):
     except Exception as exc:
         raise XrayReadError(path, f"corrupt DICOM: {_clean(exc)}") from None
     try:
-        return _dicom_pixels(path, dataset, max_pixels, min_side)
+        return _dicom_pixels(path, dataset, max_pixels, min_side), header_of(dataset)
     except (XrayReadError, MemoryError):
         raise
     except Exception as exc:  # pydicom raises many types on corrupt elements
@@ -436,16 +500,75 @@ def _dicom_pixels(path, dataset, max_pixels, min_side):
     if pixels.ndim != 2:
         raise XrayReadError(path, f"unsupported DICOM pixel shape {pixels.shape}")
     values = apply_modality_lut(pixels, dataset)
-    if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
+    lut_table = "VOILUTSequence" in dataset
+    if lut_table:
         values = apply_voi_lut(values, dataset, prefer_lut=True)
     values = np.asarray(values, dtype=np.float64)
     if not np.isfinite(values).all():
         raise XrayReadError(path, "corrupt DICOM: pixel values are not finite after rescaling")
-    low, high = float(values.min()), float(values.max())
-    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    scaled = dicom_unit_scale(values, None if lut_table else _window(dataset),
+                              int(dataset.get("BitsStored", 16) or 16),
+                              str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR"))
     if photometric == "MONOCHROME1":
         scaled = 1.0 - scaled
     return np.ascontiguousarray(scaled, dtype=np.float32)
+
+
+def _window(dataset):
+    """(center, width) of the first window, or None when there is no usable one."""
+    try:
+        center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+        if center is None or width is None:
+            return None
+        center, width = _first_number(center), _first_number(width)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if not (math.isfinite(center) and math.isfinite(width) and width >= 1):
+        return None
+    return center, width
+
+
+def _first_number(value):
+    """A DICOM number, or the first of several (a window may list more than one)."""
+    if isinstance(value, (str, bytes, int, float)):
+        return float(value)
+    return float(value[0])
+
+
+def dicom_unit_scale(values, window, bits_stored, function="LINEAR"):
+    """Modality values of a DICOM -> [0, 1], the reader's one intensity convention.
+
+    Parameters
+    ----------
+    values : ndarray of float64
+        After the modality LUT (rescale slope and intercept).
+    window : tuple of (float, float) or None
+        Window Center and Width.
+    bits_stored : int
+    function : str
+        VOI LUT Function: ``LINEAR`` (the default), ``LINEAR_EXACT`` or ``SIGMOID``.
+
+    Returns
+    -------
+    ndarray of float64 in [0, 1]
+        With a window, its DICOM formula (PS3.3 C.11.2.1.2) onto [0, 1]; an
+        8-bit film with center 128 and width 256 comes out as ``values / 255``.
+        Without one, values of an 8-bit film (``bits_stored <= 8``, all
+        within 0-255) divided by 255, as a JPEG is; otherwise min-max scaled.
+    """
+    if window is not None:
+        center, width = window
+        function = function.strip().upper()
+        if function == "SIGMOID":
+            return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+        if function == "LINEAR_EXACT":
+            return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+        return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0) \
+            if width > 1 else (values > center - 0.5).astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if bits_stored <= 8 and low >= 0 and high <= 255:
+        return values / 255.0
+    return (values - low) / (high - low) if high > low else np.zeros_like(values)
 
 
 class ReadImages(TransformerMixin, BaseEstimator):
