@@ -34,7 +34,8 @@ from .decision import PlattCalibrator, prior_corrected, prior_shift
 from .metrics import binary_metrics, choose_threshold, quantile_threshold
 from .multiclass import is_multiclass, three_class_refusal
 from .persist import ModelFileError, load_model, save_model
-from .score import DEFAULT_MODEL, expand_inputs, probabilities_of
+from .score import DEFAULT_MODEL, expand_inputs
+from .scoring import probabilities_of
 
 __all__ = ["head_scores", "recalibrate", "adjust_prevalence", "threshold_from_unlabelled", "main"]
 

@@ -185,6 +185,6 @@ def _worker_model(model_path, expected_sha256):
 
 
 def _score_batch(batch, model_path, expected_sha256):
-    from .score import score_paths
+    from .scoring import score_paths
 
     return score_paths(_worker_model(model_path, expected_sha256), list(batch))

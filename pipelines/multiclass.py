@@ -36,8 +36,7 @@ from .decision import _check_augment, _fit_one
 from .metrics import DEFAULT_THRESHOLD_RULE, choose_threshold
 
 __all__ = ["MultiClassDecision", "TemperatureScaler", "make_multiclass_head", "decide",
-           "pneumonia_proba", "subtype_proba", "is_multiclass", "three_class_refusal", "score_rows",
-           "score_columns", "DECISIONS"]
+           "pneumonia_proba", "subtype_proba", "is_multiclass", "three_class_refusal", "DECISIONS"]
 
 DECISIONS = ("thresholds", "argmax")
 _EPS = 1e-7
@@ -269,41 +268,3 @@ def three_class_refusal(tool):
     """The one-line reason ``tool`` gives for refusing a multi-class model."""
     return (f"this is a three-class model (NORMAL/BACTERIAL/VIRAL, pipelines.run --task "
             f"subtype); {tool} handles binary NORMAL/PNEUMONIA models only")
-
-
-def score_columns(classes):
-    """The CSV columns of `score_rows` for ``classes``: one probability column per class."""
-    from .score import DICOM_COLUMNS
-
-    return (["path"] + [f"p_{str(c).lower()}" for c in classes]
-            + ["prediction", "model", "status", "error"] + list(DICOM_COLUMNS))
-
-
-def score_rows(model, paths, max_batch_pixels=None):
-    """`pipelines.score` rows of a multi-class pipeline: ``path``, ``p_<class>``
-    per class (e.g. ``p_normal,p_bacterial,p_viral``), ``prediction`` (the
-    class by the model's decision rule), ``model`` (left empty: the scoring
-    run writes its model id), ``status`` (``ok``, ``warning`` or ``error``),
-    ``error`` and the DICOM identifiers, as the binary rows have them; never
-    raises for a bad image."""
-    from .score import DEFAULT_BATCH_PIXELS, dicom_ids, probabilities_of, scored_status
-
-    last = model.steps[-1][1]
-    columns = score_columns(last.classes_)
-    headers = {}
-    found, errors = probabilities_of(model, paths, max_batch_pixels or DEFAULT_BATCH_PIXELS,
-                                     all_classes=True, headers=headers)
-    rows = []
-    for i, path in enumerate(paths):
-        row = dict.fromkeys(columns, "")
-        row.update(path=path, **dicom_ids(headers.get(i)))
-        if i in errors:
-            row.update(status="error", error=errors[i])
-        else:
-            proba = np.asarray(found[i], dtype=np.float64)[None, :]
-            code = decide(proba, last.threshold_, last.subtype_threshold_, last.decision)[0]
-            status, reason = scored_status(path, headers.get(i))
-            row.update({c: f"{p:.6f}" for c, p in zip(columns[1:], proba[0])},
-                       prediction=str(last.classes_[code]), status=status, error=reason)
-        rows.append(row)
-    return rows

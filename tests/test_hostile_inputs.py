@@ -16,6 +16,7 @@ import pytest
 
 from pipelines import score
 from pipelines.persist import load_model, save_model
+from xray_features.io import read_xray
 
 from .conftest import phantom, write_image
 from .test_bad_inputs import write_dicom
@@ -234,7 +235,7 @@ def test_a_batch_is_cut_by_decoded_pixels(folder, model_a, monkeypatch):
                         or real(self, X, **kw))  # a list of images: the scoring call
     model, _ = load_model(model_a)
     paths = [str(folder / f"good{i}.png") for i in range(6)]
-    pixels = sum(np.prod(score.read_xray(p).shape) for p in paths[:2])
+    pixels = sum(np.prod(read_xray(p).shape) for p in paths[:2])
     rows = score.score_paths(model, paths, max_batch_pixels=pixels)
     assert sizes == [2, 2, 2]
     assert rows == score.score_paths(model, paths)
@@ -277,7 +278,7 @@ def test_eight_7999_pixel_films_score_in_bounded_memory(model_a, tmp_path):
     folder = tmp_path / "big"
     folder.mkdir()
     source = _ramp_png(tmp_path / "ramp.png", 7999)
-    assert score.read_xray(source).std() > 0.2
+    assert read_xray(source).std() > 0.2
     for i in range(8):
         os.link(source, folder / f"big{i}.png")
     out = tmp_path / "s.csv"
@@ -321,7 +322,9 @@ def test_no_error_row_has_an_empty_reason(folder, model_a, monkeypatch):
     def no_memory(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(score, "read_xray_and_header", no_memory)
+    from pipelines import scoring
+
+    monkeypatch.setattr(scoring, "read_xray_and_header", no_memory)
     rows = score.score_paths(model, [str(folder / "good0.png")])
     assert rows[0]["error"] == f"{folder / 'good0.png'}: not enough memory"
 

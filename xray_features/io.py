@@ -588,9 +588,11 @@ class ReadImages(TransformerMixin, BaseEstimator):
         super().__setstate__(state)
 
     def fit(self, X, y=None):
+        """Nothing to learn: reading is stateless."""
         return self
 
     def transform(self, X):
+        """The images of the paths ``X`` (`read_xray`), as a list of 2-D float32 arrays."""
         return [
             read_xray(os.fspath(path), max_pixels=self.max_pixels, min_side=self.min_side,
                       max_side=self.max_side)
