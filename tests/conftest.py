@@ -112,3 +112,36 @@ def trained_run(synthetic_data, tmp_path_factory):
                      "--cache-dir", str(out / "cache")])
     assert code == 0
     return out
+
+
+def copy_test_films(synthetic_data, folder, n):
+    """``folder`` holding the first ``n`` synthetic test films as ``good<i>.png``."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(sorted((synthetic_data / "test").rglob("*.png"))[:n]):
+        shutil.copy(path, folder / f"good{i}.png")
+    return folder
+
+
+def interrupted_score_run(args, keep=3, before_first_write=False):
+    """Run ``python -m pipelines.score`` on ``args``, stopped as a kill would stop
+    it: after its first checkpoint of ``keep`` rows (the CSV and run record are
+    what a killed run leaves), or before anything is written."""
+    from pipelines import score
+
+    real, calls = score.score_paths, []
+
+    def stop(model, paths, **kwargs):
+        if calls or before_first_write:
+            raise KeyboardInterrupt
+        calls.append(paths)
+        return real(model, paths, **kwargs)
+
+    score.score_paths = stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            score.main(list(map(str, args)) + ["--batch-size", str(keep),
+                                               "--checkpoint-seconds", "0"])
+    finally:
+        score.score_paths = real

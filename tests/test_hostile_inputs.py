@@ -18,7 +18,7 @@ from pipelines import score
 from pipelines.persist import load_model, save_model
 from xray_features.io import read_xray
 
-from .conftest import phantom, write_image
+from .conftest import copy_test_films, interrupted_score_run, phantom, write_image
 from .test_bad_inputs import write_dicom
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,11 +37,7 @@ def model_b(trained_run):
 @pytest.fixture
 def folder(tmp_path, synthetic_data):
     """Six good images (synthetic test films)."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i, path in enumerate(sorted((synthetic_data / "test").rglob("*.png"))[:6]):
-        shutil.copy(path, folder / f"good{i}.png")
-    return folder
+    return copy_test_films(synthetic_data, tmp_path / "in", 6)
 
 
 def _rows(path):
@@ -64,23 +60,7 @@ def _spy(monkeypatch):
 
 
 def _interrupted(args, keep=2, before_first_write=False):
-    """Run ``args``, stopped (as a kill would stop it) after its first batch of
-    ``keep`` rows is written, or before anything is written."""
-    real, calls = score.score_paths, []
-
-    def stop(model, paths, **kwargs):
-        if calls or before_first_write:
-            raise KeyboardInterrupt
-        calls.append(paths)
-        return real(model, paths, **kwargs)
-
-    score.score_paths = stop
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            score.main(list(map(str, args)) + ["--batch-size", str(keep),
-                                               "--checkpoint-seconds", "0"])
-    finally:
-        score.score_paths = real
+    return interrupted_score_run(args, keep, before_first_write)
 
 
 # ---- 1. a file name that is not UTF-8 -------------------------------------------------------

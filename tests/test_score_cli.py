@@ -11,7 +11,7 @@ from pipelines import score
 from pipelines.persist import ModelFileError, load_model
 from xray_features.io import read_xray
 
-from .conftest import phantom, write_image
+from .conftest import copy_test_films, interrupted_score_run, phantom, write_image
 
 
 def _rows(path):
@@ -26,11 +26,7 @@ def model_path(trained_run):
 
 @pytest.fixture
 def mixed_folder(tmp_path, synthetic_data):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    good = sorted((synthetic_data / "test").rglob("*.png"))[:4]
-    for i, path in enumerate(good):
-        shutil.copy(path, folder / f"good{i}.png")
+    folder = copy_test_films(synthetic_data, tmp_path / "in", 4)
     (folder / "empty.png").write_bytes(b"")
     (folder / "notes.txt").write_text("not an image")
     data = (folder / "good0.png").read_bytes()
@@ -82,22 +78,7 @@ def test_list_file_and_missing_entries(tmp_path, model_path, mixed_folder):
 
 
 def _interrupted(args, keep=3):
-    """Run ``args`` and stop it (as a kill would) after its first checkpoint of
-    ``keep`` rows: the CSV and run record are what a killed run leaves."""
-    real, calls = score.score_paths, []
-
-    def stop_after_the_first_batch(model, paths, **kwargs):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(paths)
-        return real(model, paths, **kwargs)
-
-    score.score_paths = stop_after_the_first_batch
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            score.main(args + ["--batch-size", str(keep), "--checkpoint-seconds", "0"])
-    finally:
-        score.score_paths = real
+    return interrupted_score_run(args, keep)
 
 
 def test_resume_skips_done_rows(mixed_folder, model_path, tmp_path, monkeypatch):
