@@ -40,6 +40,7 @@ from xray_features.preprocess import default_preprocessor
 from .assemble import (DEFAULT_AUGMENT, extract_features, extract_training_copies,
                        make_extractor, make_head, parse_feature_sets)
 from .metrics import DEFAULT_THRESHOLD_RULE, binary_metrics
+from .multiclass import is_multiclass, three_class_refusal
 from .persist import load_model, save_model
 
 __all__ = ["HybridClassifier", "XrayModel", "load", "load_default", "CLASS_NAMES",
@@ -85,7 +86,8 @@ class _ImageModelMixin:
         """The names of the columns `features` returns (``hog_0``, ``cnn_12``...)."""
         features = self._pipeline().named_steps["features"]
         if self._cnn_score() is not None:
-            return np.asarray([f"embedding_{i}" for i in range(1280)], dtype=object)
+            width = self._network_embedder().n_features()
+            return np.asarray([f"embedding_{i}" for i in range(width)], dtype=object)
         return features.get_feature_names_out()
 
     def _cnn_score(self):
@@ -107,10 +109,20 @@ class _ImageModelMixin:
         if score is None:
             steps, X = self._steps_for(X)
             return Pipeline(steps.steps[:-1]).transform(X)
-        embedder = OnnxEmbedder(model_path=score.model_path, image_size=score.image_size or 224,
+        return self._network_embedder().transform(self._preprocessed(X))
+
+    def _network_embedder(self):
+        """The fine-tuned network's ``embedding`` output as an `OnnxEmbedder`, at
+        the network's own input size; a clear error when it has none."""
+        score = self._cnn_score()
+        embedder = OnnxEmbedder(model_path=score.model_path, image_size=score.image_size,
                                 batch_size=score.batch_size, n_threads=score.n_threads,
                                 expected_sha256=score.expected_sha256, output_name="embedding")
-        return embedder.transform(self._preprocessed(X))
+        outputs = [o.name for o in embedder._get_session().get_outputs()]
+        if "embedding" not in outputs:
+            raise ValueError(f"{score.model_path}: this network has no 'embedding' output "
+                             f"(outputs: {outputs}); features() needs one")
+        return embedder
 
     def _preprocessed(self, X):
         steps, X = self._steps_for(X)
@@ -365,6 +377,8 @@ def load(path):
     pipeline, metadata = load_model(path)
     if not hasattr(pipeline, "named_steps") or "features" not in pipeline.named_steps:
         raise ValueError(f"{path}: not a read -> preprocess -> features -> classifier pipeline")
+    if is_multiclass(pipeline):
+        raise ValueError(f"{path}: {three_class_refusal('pipelines.api.load')}")
     return XrayModel(pipeline, metadata)
 
 

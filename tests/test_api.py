@@ -13,6 +13,9 @@ from pipelines.persist import load_model
 from xray_features.dataset import index_dataset
 from xray_features.io import read_xray
 
+from .conftest import phantom
+from .test_subtype_run import subtype_run  # noqa: F401,F811  (the fixture)
+
 
 def _training(synthetic_data):
     return run.load_training_index(synthetic_data)
@@ -159,3 +162,33 @@ def test_a_cnn_models_features_are_its_penultimate_layer():
     assert embedding.shape == (3, 1280) and np.isfinite(embedding).all()
     assert len(model.feature_names_out()) == 1280
     assert model.predict_proba(images).shape == (3, 2)
+
+
+def test_features_of_a_packaged_cnn_at_its_own_size_or_a_clear_error():
+    """features() reads a fine-tuned network's embedding at the network's input
+    size (128 px here), and names the problem for a network without one."""
+    from pipelines.api import XrayModel
+    from pipelines.assemble import make_cnn_pipeline
+
+    def fitted(name):
+        pipeline = make_cnn_pipeline(name)
+        oof = np.array([0.1, 0.3, 0.7, 0.9])
+        pipeline.steps[-1][1].fit(oof[:, None], [0, 0, 1, 1], oof_proba=oof)
+        return XrayModel(pipeline, {})
+
+    images = [phantom(96, seed=s) for s in range(2)]
+    lite0 = fitted("cnn_lite0_128_aug_e3.onnx")
+    embeddings = lite0.features(images)
+    assert embeddings.shape == (2, 1280)
+    assert len(lite0.feature_names_out()) == 1280
+    small = fitted("cnn_small64_noaug.onnx")
+    with pytest.raises(ValueError, match="no 'embedding' output"):
+        small.features(images)
+
+
+def test_load_refuses_a_three_class_model(subtype_run):  # noqa: F811
+    from pipelines.api import load
+
+    _, out = subtype_run
+    with pytest.raises(ValueError, match="three-class model"):
+        load(out / "models" / "hog-logreg.joblib")
