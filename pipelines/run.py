@@ -7,7 +7,10 @@ Example::
 Every model is scored on the same patient-grouped, label-stratified folds
 (`xray_features.dataset.make_folds`). Its threshold and calibration come from
 out-of-fold training predictions only. Each model is then refitted on all of
-the training images and saved to ``<out>/models/<features>-<head>.joblib``.
+the training images and saved to ``<out>/models/<features>-<head>.joblib``; a
+packaged CNN, calibrated and thresholded from its own out-of-fold predictions,
+to ``<out>/models/cnn-<network>.joblib``. One rule chooses among them from
+training data only (`pipelines.comparison.SELECTION_RULE`, docs/results.md).
 """
 
 from __future__ import annotations
@@ -99,8 +102,10 @@ def build_parser():
                         help="parallel jobs for feature extraction and for the fold fits "
                         "(-1: all cores)")
     parser.add_argument("--selection-margin", type=float, default=SELECTION_MARGIN,
-                        help="the selected model is the simplest whose CV AUC is within this "
-                        "of the best's (upper end of the 95%% CI of the paired difference)")
+                        help="step 1 of the selection rule: a candidate stays if its CV AUC is "
+                        "within this of the best's (upper end of the 95%% CI of the paired "
+                        "difference); then shortcut reliance, then scoring cost "
+                        "(docs/results.md)")
     parser.add_argument("--n-boot", type=int, default=1000,
                         help="bootstrap replicates for confidence intervals")
     parser.add_argument("--dask", default=None, metavar="SCHEDULER",

@@ -685,20 +685,21 @@ def _prepare(out, paths, model_path, identity, threshold, resume, columns, retry
                 f"{model_path} (sha256 {identity[:12]}…) would mix two models' rows: resume "
                 "with that model, or score into another --out")
         cwd = record.get("cwd") if isinstance(record.get("cwd"), str) else os.getcwd()
-    done, invalid, order, retried = {}, [], {}, 0
+    here = os.getcwd()
+    wanted = {_key(path, here) for path in paths}  # the inputs of this run
+    done, invalid, order, retried = {}, [], {}, set()
     for row in existing:
         problem = _row_problem(row, threshold, identity)
         if problem:
             invalid.append(f"{row['path'] or '(no path)'}: {problem}")
             continue
         key = _key(row["path"], cwd)
-        if retry_errors and row["status"] == "error":
-            retried += 1
+        if retry_errors and row["status"] == "error" and key in wanted:
+            retried.add(key)  # scored again; an error row of another input stays
             done.pop(key, None)
             continue
         order.setdefault(key)  # first place of the path in the CSV
         done[key] = _migrated(row, columns, threshold, identity)
-    here = os.getcwd()
     rows, used = [], set()
     for path in paths:
         key = _key(path, here)
@@ -716,7 +717,7 @@ def _prepare(out, paths, model_path, identity, threshold, resume, columns, retry
                  + (f"; {len(others)} rows of inputs not given this time are kept after them"
                     if others else ""))
     if retried:
-        notes.append(f"resume: {retried} error rows not kept (--retry-errors): scored again")
+        notes.append(f"resume: {len(retried)} error rows not kept (--retry-errors): scored again")
     if existing and "label" in existing[0]:
         notes.append(f"resume: {out} has the old columns ({','.join(LEGACY_COLUMNS)}); its kept "
                      f"rows are written as {','.join(columns)}")
@@ -773,8 +774,8 @@ def build_parser():
                         help="image files, folders, or .txt/.lst files listing paths")
     parser.add_argument("--model", default=None,
                         help="a saved pipeline (.joblib with its .sha256 sidecar) or a folder "
-                        "from pipelines.export (no unpickling); default: the packaged hog+cnn "
-                        "model")
+                        "from pipelines.export (no unpickling); default: the packaged model "
+                        "(xray_features/models/default_pipeline.joblib, see its model card)")
     parser.add_argument("--out", default="scores.csv", help="output CSV (default scores.csv)")
     parser.add_argument("--resume", action="store_true",
                         help="keep rows already in --out (from the same model) and score only "
@@ -813,10 +814,11 @@ def main(argv=None):
 
 
 def _load(model_path):
-    if model_path.is_dir():
-        model, metadata = load_onnx_model(model_path)
-    else:
-        model, metadata = load_model(model_path)
+    """The model at ``model_path`` and its metadata; `load_model` checks a
+    joblib file's decision numbers itself, an export's are checked here."""
+    if not model_path.is_dir():
+        return load_model(model_path)
+    model, metadata = load_onnx_model(model_path)
     check_decision_numbers(model, model_path)
     return model, metadata
 

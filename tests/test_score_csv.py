@@ -79,6 +79,23 @@ def test_retry_errors_scores_error_rows_again(folder, model_a, tmp_path, monkeyp
     assert [r["status"] for r in _rows(out)] == ["ok"] * 7
 
 
+def test_retry_errors_keeps_error_rows_of_inputs_not_given(folder, model_a, tmp_path, capsys):
+    """--retry-errors rescores the error rows of this run's inputs only: the
+    error row of an input not given this time is kept, and the note counts one."""
+    out = tmp_path / "s.csv"
+    missing = [str(tmp_path / "b.png"), str(tmp_path / "c.png")]
+    common = ["--model", str(model_a), "--out", str(out), "--quiet"]
+    assert score.main([str(folder / "good0.png"), *missing] + common) == score.EXIT_SOME_FAILED
+    capsys.readouterr()
+    assert score.main([str(folder / "good0.png"), missing[0], "--retry-errors"]
+                      + common) == score.EXIT_SOME_FAILED
+    said = capsys.readouterr()
+    rows = _rows(out)
+    assert [r["path"] for r in rows] == [str(folder / "good0.png"), *missing]
+    assert [r["status"] for r in rows] == ["ok", "error", "error"]
+    assert "1 error rows not kept" in said.out + said.err
+
+
 # ---- CSVs written by the previous column layout ------------------------------------------------
 
 def _legacy_digest(rows):
