@@ -163,13 +163,23 @@ def _verify_files(folder, files):
 def _refuse_external_data(folder, files):
     """Refuse an ONNX file whose tensors live in other files: only the files the
     manifest hashes may be loaded, and onnxruntime would read external data
-    from beside the model, unchecked."""
-    import onnx
+    from beside the model, unchecked.
 
+    With the ``onnx`` package (the export extra) every tensor is inspected;
+    without it (a scoring-only install) onnxruntime is asked to build the model
+    from its bytes alone, which it cannot do when tensors live in other files.
+    """
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
     for name in files:
         if not name.endswith(".onnx"):
             continue
         path = _inside(folder, name)
+        if onnx is None:
+            _refuse_external_data_without_onnx(path)
+            continue
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:
@@ -179,6 +189,22 @@ def _refuse_external_data(folder, files):
         if external:
             raise ModelFileError(f"{path}: its tensors {external[:3]} are stored in external "
                                  f"data files, which {MANIFEST} does not pin; refusing it")
+
+
+def _refuse_external_data_without_onnx(path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        text = str(exc)
+        if "external data" in text.lower() or "model_path must not be empty" in text:
+            raise ModelFileError(f"{path}: its tensors are stored in external data files, which "
+                                 f"{MANIFEST} does not pin; refusing it") from None
+        raise ModelFileError(f"{path}: not a readable ONNX file ({exc})") from None
 
 
 def _tensors(graph):

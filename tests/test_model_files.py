@@ -4,7 +4,6 @@ read before unpickling, uppercase sidecars, ONNX external data, thread counts,
 and site recalibration on too few images."""
 
 import copy
-import csv
 import json
 import shutil
 import subprocess
@@ -181,7 +180,11 @@ def _matmul_head(n_features, weight):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def test_an_onnx_head_with_external_data_is_refused(export_dir, tmp_path):
+@pytest.mark.parametrize("onnx_installed", [True, False], ids=["with onnx", "scoring install"])
+def test_an_onnx_head_with_external_data_is_refused(export_dir, tmp_path, monkeypatch,
+                                                    onnx_installed):
+    import sys
+
     import onnx
 
     folder = _copy_export(export_dir, tmp_path)
@@ -190,6 +193,8 @@ def test_an_onnx_head_with_external_data_is_refused(export_dir, tmp_path):
     onnx.save_model(head, str(folder / "head.onnx"))
     new_hash = sha256_of(folder / "head.onnx")
     _edit_manifest(folder, lambda spec: spec["files"].update({"head.onnx": new_hash}))
+    if not onnx_installed:  # a scoring-only install has no onnx package
+        monkeypatch.setitem(sys.modules, "onnx", None)
     load_onnx_model(folder)  # the same head with its weights inside loads
     # weights moved to a file the manifest does not list; head.onnx re-hashed
     onnx.save_model(head, str(folder / "head.onnx"), save_as_external_data=True,
