@@ -6,7 +6,6 @@ A model is ``read -> preprocess -> FeatureUnion(extractors) -> DecisionClassifie
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from sklearn.base import clone
@@ -18,7 +17,8 @@ from tqdm.auto import tqdm
 from xray_features import CachedExtractor, HOGFeatures, LBPFeatures, ReadImages, __version__
 from xray_features.augment import RandomZoom, counter_squash
 from xray_features.cache import FileFeatureCache
-from xray_features.cnn import MODELS_DIR, PACKAGED_SHA256, OnnxCNNScore, OnnxEmbedder
+from xray_features.cnn import (OnnxCNNScore, OnnxEmbedder, portable_model_path,
+                               resolve_model_path)
 from xray_features.preprocess import default_preprocessor
 from xray_features.views import ViewFeatures, view_preprocessor
 
@@ -152,10 +152,7 @@ def cnn_preprocessor(model_path):
 
     ``model_path`` is a path, or the bare file name of a packaged CNN.
     """
-    path = Path(model_path)
-    if str(path) in PACKAGED_SHA256:  # a packaged CNN named by its file name alone
-        path = MODELS_DIR / path
-    sidecar = path.with_suffix(".preprocess.json")
+    sidecar = resolve_model_path(model_path).with_suffix(".preprocess.json")
     if not sidecar.is_file():
         raise FileNotFoundError(f"{sidecar} missing: a CNN must state how its training images "
                                 "were preprocessed (lung_crop, resize_mode)")
@@ -177,7 +174,8 @@ def make_cnn_pipeline(model_path, threshold_rule=DEFAULT_THRESHOLD_RULE):
     return Pipeline([
         ("read", ReadImages()),
         ("preprocess", cnn_preprocessor(model_path)),
-        ("features", FeatureUnion([("cnn_score", OnnxCNNScore(model_path=str(model_path)))])),
+        ("features", FeatureUnion([("cnn_score",
+                                    OnnxCNNScore(model_path=portable_model_path(model_path)))])),
         ("classifier", DecisionClassifier(ScoreHead(), cv="given",
                                           threshold_rule=threshold_rule)),
     ])

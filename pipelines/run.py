@@ -226,7 +226,7 @@ def main(argv=None):
             record(name, info, base["oof"], base["eval"], base["threshold"])
             continue
         log(f"baseline {name} (packaged fine-tuned CNN: calibrated and saved like the others)")
-        pipeline = make_cnn_pipeline(base["model_path"].name, args.threshold_rule)
+        pipeline = make_cnn_pipeline(base["model_path"], args.threshold_rule)
         clf = pipeline.steps[-1][1].fit(base["oof"][:, None].astype(np.float32), y,
                                         oof_proba=base["oof"], oof_fold=fold_of(folds, len(y)))
         p_eval = None if base["eval"] is None else clf.predict_proba(base["eval"][:, None])[:, 1]

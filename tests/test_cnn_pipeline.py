@@ -183,3 +183,17 @@ def test_packaged_default_scores_site_val_as_its_network_did(data_root):
     decision = model.steps[-1][1]
     expected = (decision.calibrator_.transform(saved) >= decision.threshold_).astype(int)
     np.testing.assert_array_equal(model.predict(paths), expected)
+
+
+def test_a_packaged_network_is_stored_by_name_however_it_is_given(tmp_path, tiny_cnn):
+    """A saved pipeline must work on another install: a packaged network given
+    by its full path is stored by its bare name; a user's own file by its path."""
+    from xray_features.cnn import MODELS_DIR
+
+    def stored(model_path):
+        return make_cnn_pipeline(model_path).named_steps["features"].transformer_list[0][1]
+
+    name = "cnn_ft224_cs_acq_cs.onnx"
+    assert stored(MODELS_DIR / name).model_path == name
+    assert stored(name).model_path == name
+    assert stored(tiny_cnn).model_path == str(tiny_cnn)

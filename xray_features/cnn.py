@@ -26,7 +26,8 @@ from .hashing import file_sha256
 
 __all__ = [
     "MODELS_DIR", "PACKAGED_SHA256", "ModelIntegrityError", "file_sha256", "onnx_session",
-    "OnnxEmbedder", "OnnxCNNClassifier", "OnnxCNNScore", "prepare_batch",
+    "OnnxEmbedder", "OnnxCNNClassifier", "OnnxCNNScore", "prepare_batch", "resolve_model_path",
+    "portable_model_path",
 ]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -105,6 +106,23 @@ def onnx_session(path, n_threads=1, expected_sha256=None):
     return _open_session(*_file_version(path), expected_sha256, int(n_threads))
 
 
+def resolve_model_path(model_path):
+    """The file a ``model_path`` names: a packaged model's bare file name (a key
+    of `PACKAGED_SHA256`) resolves in `MODELS_DIR` wherever the package is
+    installed; anything else is a path as given."""
+    path = Path(os.fspath(model_path))
+    return MODELS_DIR / path if str(path) in PACKAGED_SHA256 else path
+
+
+def portable_model_path(model_path):
+    """What a saved pipeline should store for ``model_path``: the bare file name
+    of a packaged model (so the pickle works on any install), else the path."""
+    path = Path(os.fspath(model_path))
+    if path.name in PACKAGED_SHA256 and resolve_model_path(path.name).resolve() == path.resolve():
+        return path.name
+    return str(model_path)
+
+
 class _OnnxModelMixin:
     """Lazy, integrity-checked onnxruntime session, shared per process.
 
@@ -117,10 +135,7 @@ class _OnnxModelMixin:
 
     def _resolved_path(self):
         if self.model_path is not None:
-            path = Path(os.fspath(self.model_path))
-            if str(path) in PACKAGED_SHA256:  # a packaged model named by its file name alone
-                return MODELS_DIR / path
-            return path
+            return resolve_model_path(self.model_path)
         if self._default_model is None:
             raise ValueError(f"{type(self).__name__} needs a model_path")
         return MODELS_DIR / self._default_model
