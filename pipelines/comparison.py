@@ -126,7 +126,7 @@ SELECTION_RULE = (
     "non-inferior to the best candidate's within the selection margin (upper end of the 95% CI "
     "of the paired patient-bootstrap difference). 2) Shift: where the original image shapes "
     "are known (the native subset beside the data), keep those whose shortcut reliance (mean "
-    "within-class Spearman rho between the out-of-fold logit and the original width/height) "
+    "within-class |Spearman rho| between the out-of-fold logit and the original width/height) "
     "is within the reliance margin of the least. 3) The cheapest to score (fewest feature "
     "passes), then the highest CV AUC.")
 

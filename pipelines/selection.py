@@ -20,7 +20,7 @@ NATIVE_SUBSET = "kermany-native-subset"  # beside the data root: originals' shap
 # CV AUC a simpler model may lose and still be selected: a tenth of the half-width
 # of a 308-image site's AUC CI (about +-0.02), far below what a new site resolves
 SELECTION_MARGIN = 0.002
-# shortcut reliance (mean within-class Spearman rho) a model may show above the
+# shortcut reliance (mean within-class |Spearman rho|) a model may show above the
 # least and still be selected: about two patient-bootstrap standard errors
 RELIANCE_MARGIN = 0.05
 
@@ -106,8 +106,10 @@ def shortcut_reliance(y, p, aspect):
     Within each class the label is fixed, so a score that still rises with
     the original width / height ratio (``aspect``; NaN where unknown) is
     reading the distortion. Returns Spearman's rho between logit(``p``) and
-    ``aspect`` within NORMAL and within PNEUMONIA images, their mean
-    (``"mean"``, the figure the selection rule reads; 0 means no reliance),
+    ``aspect`` within NORMAL and within PNEUMONIA images, the mean of their
+    absolute values (``"mean"``, the figure the selection rule reads: a score
+    that falls with the shape reads the distortion as much as one that rises;
+    0 means no reliance),
     and the number of images with a known shape.
     """
     y, p, aspect = np.asarray(y), np.asarray(p, dtype=float), np.asarray(aspect, dtype=float)
@@ -117,5 +119,5 @@ def shortcut_reliance(y, p, aspect):
         rows = known & (y == label)
         result[key] = float(spearmanr(logit(p[rows]), aspect[rows])[0]) if rows.sum() > 2 \
             else float("nan")
-    result["mean"] = float(np.mean([result["normal"], result["pneumonia"]]))
+    result["mean"] = float(np.mean(np.abs([result["normal"], result["pneumonia"]])))
     return result

@@ -355,3 +355,18 @@ def test_shortcut_reliance_reads_the_shape_within_each_class():
     assert follows["normal"] > 0.5 and follows["pneumonia"] > 0.5 and follows["n"] == 400
     aspect[::2] = np.nan  # unknown shapes are left out
     assert shortcut_reliance(y, shortcut, aspect)["n"] == 200
+
+
+def test_shortcut_reliance_counts_a_score_that_falls_with_the_shape():
+    """Reading the distortion backwards is reliance too: the figure is the mean
+    of the two within-class |rho|, so opposite signs do not cancel."""
+    from pipelines.selection import shortcut_reliance
+
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 200)
+    aspect = rng.uniform(1.0, 1.6, 400)
+    sign = np.where(y == 0, 1.0, -1.0)  # rises with the shape in NORMAL, falls in PNEUMONIA
+    p = np.clip(0.2 + 0.6 * y + sign * 0.3 * (aspect - 1.3) + rng.normal(0, 0.01, 400), 0.01, 0.99)
+    reliance = shortcut_reliance(y, p, aspect)
+    assert reliance["normal"] > 0.5 and reliance["pneumonia"] < -0.5
+    assert reliance["mean"] > 0.5
