@@ -584,15 +584,17 @@ def write_report(out_dir, results, curves, examples=None):
                        _html(results, tables, plots, glance, gallery).encode())
 
 
-def write_predictions(path, index, probas, fold=None):
-    """One row per image of ``index``: path, its true label (`TRUE_LABEL`: 0
-    NORMAL, 1 PNEUMONIA; 0/1/2 for three classes), patient, fold (if given) and
-    each model's calibrated probability (``probas``: {model: array})."""
+def write_predictions(path, index, probas, fold=None, labels=None):
+    """One row per image of ``index``: path, its true label (`TRUE_LABEL`:
+    ``labels`` when given, e.g. 0/1/2 for three classes, else ``index.labels``,
+    0 NORMAL, 1 PNEUMONIA), patient, fold (if given) and each model's calibrated
+    probability (``probas``: {model: array})."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", TRUE_LABEL, "patient"] + (["fold"] if fold is not None else [])
                     + list(probas))
-    for i, (image, label, patient) in enumerate(zip(index.paths, index.labels, index.groups)):
+    labels = index.labels if labels is None else labels
+    for i, (image, label, patient) in enumerate(zip(index.paths, labels, index.groups)):
         writer.writerow([image, int(label), patient] + ([int(fold[i])] if fold is not None else [])
                         + [repr(float(p[i])) for p in probas.values()])
     atomic_write_bytes(Path(path), buffer.getvalue().encode())

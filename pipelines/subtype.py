@@ -39,7 +39,8 @@ from .persist import atomic_write_bytes, save_model
 from .report import (_SHOWN, _fmt, _html, _markdown, _metric_rows, _save, environment,
                      plot_roc, plt, write_predictions)
 from .comparison import (PROBE, cached_fit, final_pipeline, library_versions,
-                         load_training_index, manifest_hash, model_specs, stack_views)
+                         load_training_index, model_metadata, model_specs, stack_views,
+                         training_augment)
 from .logs import ensure_handler, get_logger, progress_enabled
 from .selection import compare, evaluate, select_model
 
@@ -178,11 +179,7 @@ def run_subtype(args, argv=None):
     models, curves_cv, curves_eval = {}, {}, {}
     for name, fs, head in specs:
         log(f"fitting {name} ({args.cv}-fold CV + final fit, three classes)")
-        augment = {}
-        if copies:
-            augment = {"X_aug": np.vstack([stack_views(fs, [c]) for c in copies]),
-                       "y_aug": np.tile(y, len(copies)),
-                       "aug_source": np.tile(np.arange(len(y)), len(copies))}
+        augment = training_augment(fs, copies, y)
         fit_args = (make_multiclass_head(head, args.seed), folds, stack_views(fs, [features]), y,
                     augment, versions, args.threshold_rule)
         if fit is not fit_multiclass and fit.check_call_in_cache(*fit_args):
@@ -204,13 +201,9 @@ def run_subtype(args, argv=None):
                                                  args.seed)
         models[name] = result
         if not args.no_save and not name.startswith("baseline/"):
-            metadata = {"task": "subtype", "classes": list(CLASSES), "feature_set": fs,
-                        "head": head, "threshold": clf.threshold_,
-                        "threshold_rule": args.threshold_rule,
-                        "subtype_threshold": clf.subtype_threshold_, "decision": clf.decision,
-                        "cv": result["cv"], "training_manifest_sha256": manifest_hash(train),
-                        "n_training_images": len(train), "seed": args.seed,
-                        "lung_crop": args.lung_crop, "augment": args.augment, "tta": False}
+            metadata = model_metadata(fs, head, clf, args, result, train, task="subtype",
+                                      classes=list(CLASSES), decision=clf.decision,
+                                      subtype_threshold=clf.subtype_threshold_, tta=False)
             save_model(final_pipeline(fs, clf, preprocessor, args.n_jobs),
                        out / "models" / f"{fs.replace('+', '_')}-{head}.joblib", metadata)
 
@@ -252,9 +245,10 @@ def run_subtype(args, argv=None):
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_subtype_report(out, results, curves)
     write_predictions(out / "predictions_cv.csv", train, _columns(curves_cv),
-                      fold=fold_of(folds, len(y)))
+                      fold=fold_of(folds, len(y)), labels=train.subtype_labels)
     if eval_index is not None:
-        write_predictions(out / "predictions_eval.csv", eval_index, _columns(curves_eval))
+        write_predictions(out / "predictions_eval.csv", eval_index, _columns(curves_eval),
+                          labels=eval_index.subtype_labels)
     print(_console_table(models))
     print(results["summary"])
     print(f"report: {out / 'report.html'}  ({results['wall_time_s']} s)")

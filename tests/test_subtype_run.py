@@ -118,3 +118,17 @@ def test_calibrate_and_export_refuse_a_three_class_model(subtype_run, tmp_path, 
     err = capsys.readouterr().err
     assert err.count("three-class") == 2
     assert not (tmp_path / "c.joblib").exists() and not (tmp_path / "onnx").exists()
+
+
+def test_prediction_tables_hold_the_three_class_truth(subtype_run):
+    """predictions_cv.csv / predictions_eval.csv of a three-class run give each
+    film's class code (0 NORMAL, 1 BACTERIAL, 2 VIRAL), not the binary label."""
+    from pipelines.report import read_predictions
+
+    data, out = subtype_run
+    for table, index in (("predictions_cv.csv", index_dataset(data).subset("train")),
+                         ("predictions_eval.csv", index_dataset(data / "test"))):
+        paths, truth, _, _ = read_predictions(out / table)
+        codes = dict(zip(index.paths, index.subtype_labels))
+        assert set(truth) == {0, 1, 2}
+        np.testing.assert_array_equal(truth, [codes[p] for p in paths])
