@@ -46,12 +46,11 @@ def read_oof(path):
 def packaged_cnn_scores(model_path, paths):
     """P(pneumonia) of ``paths`` by a packaged CNN, preprocessed as its
     ``.preprocess.json`` says its training images were."""
-    from xray_features.cnn import OnnxCNNScore
+    from .assemble import make_cnn_pipeline
 
-    from .assemble import cnn_preprocessor, extract_preprocessed
-
-    images = extract_preprocessed(paths, cnn_preprocessor(model_path))
-    return OnnxCNNScore(model_path=str(model_path)).transform(images)[:, 0].astype(np.float64)
+    # the saved CNN pipeline's read, preprocess and network steps: one definition of both
+    steps = make_cnn_pipeline(model_path)[:-1]
+    return steps.transform(list(paths))[:, 0].astype(np.float64)
 
 
 def saved_eval_scores(table_path, paths):
