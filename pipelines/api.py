@@ -143,7 +143,7 @@ class HybridClassifier(_ImageModelMixin, ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     features : str, default="hog+cnn"
-        One feature set: ``"+"``-joined extractors from hog, lbp, cnn, cnn160.
+        One feature set: ``"+"``-joined extractors from hog, lbp, cnn, cnn160, cnn_int8.
     head : {"logreg", "xgb"}, default="logreg"
         ``"xgb"`` needs the ``xgb`` extra (XGBoost).
     augment : {"counter-squash+zoom", "counter-squash", "none"}, default="counter-squash+zoom"

@@ -5,6 +5,7 @@ A model is ``read -> preprocess -> FeatureUnion(extractors) -> DecisionClassifie
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 from xray_features import CachedExtractor, HOGFeatures, LBPFeatures, ReadImages, __version__
 from xray_features.augment import RandomZoom, counter_squash
 from xray_features.cache import FileFeatureCache
-from xray_features.cnn import (OnnxCNNScore, OnnxEmbedder, portable_model_path,
+from xray_features.cnn import (INT8_EMBEDDER, OnnxCNNScore, OnnxEmbedder, portable_model_path,
                                resolve_model_path)
 from xray_features.preprocess import default_preprocessor
 from xray_features.views import ViewFeatures, view_preprocessor
@@ -29,10 +30,11 @@ __all__ = ["EXTRACTORS", "HEADS", "parse_feature_sets", "make_extractor", "make_
            "make_feature_union", "make_pipeline", "extract_features",
            "extract_counter_squash_features", "extract_zoom_features", "extract_training_copies",
            "AUGMENTATIONS", "DEFAULT_AUGMENT", "extract_preprocessed", "cnn_preprocessor",
-           "make_cnn_pipeline"]
+           "make_cnn_pipeline", "with_network"]
 
-# cnn160: the same embedder at 160 px, the fast path (see benchmarks/README.md).
-EXTRACTORS = ("hog", "lbp", "cnn", "cnn160")
+# cnn160: the same embedder at 160 px; cnn_int8: the same embedder in static int8
+# (docs/performance.md).
+EXTRACTORS = ("hog", "lbp", "cnn", "cnn160", "cnn_int8")
 HEADS = ("xgb", "logreg")
 # training copies per image: each is made once, cached, and joins only training folds
 AUGMENTATIONS = {"counter-squash+zoom": ("counter-squash", "zoom"),
@@ -61,7 +63,8 @@ def make_extractor(name, n_jobs=None):
 
     ``"hog"`` and ``"lbp"``: `HOGFeatures` / `LBPFeatures` at their defaults,
     over ``n_jobs`` threads; ``"cnn"``: the packaged `OnnxEmbedder` at 224 px;
-    ``"cnn160"``: the same embedder at 160 px (the fast path).
+    ``"cnn160"``: the same embedder at 160 px; ``"cnn_int8"``: the same
+    embedder in static int8 (about 2x faster; docs/performance.md).
     """
     if name == "hog":
         return HOGFeatures(n_jobs=n_jobs)
@@ -71,6 +74,8 @@ def make_extractor(name, n_jobs=None):
         return OnnxEmbedder()
     if name == "cnn160":
         return OnnxEmbedder(image_size=160)
+    if name == "cnn_int8":
+        return OnnxEmbedder(model_path=INT8_EMBEDDER)
     raise ValueError(f"unknown extractor {name!r}")
 
 
@@ -152,12 +157,17 @@ def cnn_preprocessor(model_path):
 
     ``model_path`` is a path, or the bare file name of a packaged CNN.
     """
+    spec = _preprocess_spec(model_path)
+    return default_preprocessor(crop=spec["lung_crop"], resize_mode=spec["resize_mode"])
+
+
+def _preprocess_spec(model_path):
     sidecar = resolve_model_path(model_path).with_suffix(".preprocess.json")
     if not sidecar.is_file():
         raise FileNotFoundError(f"{sidecar} missing: a CNN must state how its training images "
                                 "were preprocessed (lung_crop, resize_mode)")
     spec = json.loads(sidecar.read_text())
-    return default_preprocessor(crop=spec["lung_crop"], resize_mode=spec["resize_mode"])
+    return {"lung_crop": spec["lung_crop"], "resize_mode": spec["resize_mode"]}
 
 
 def make_cnn_pipeline(model_path, threshold_rule=DEFAULT_THRESHOLD_RULE):
@@ -179,6 +189,28 @@ def make_cnn_pipeline(model_path, threshold_rule=DEFAULT_THRESHOLD_RULE):
         ("classifier", DecisionClassifier(ScoreHead(), cv="given",
                                           threshold_rule=threshold_rule)),
     ])
+
+
+def with_network(model, model_path):
+    """A copy of the fitted pure-CNN pipeline ``model`` (`make_cnn_pipeline`)
+    that scores with the network file ``model_path`` instead, keeping its
+    calibration and threshold: for a network's static int8 version
+    (``experiments/quantize_cnn.py``), whose outputs differ from the fp32
+    network's by rounding only.
+
+    Raises ValueError unless ``model`` has a single `OnnxCNNScore` feature
+    step and ``model_path`` states the same preprocessing as that step's network.
+    """
+    model = copy.deepcopy(model)
+    union = model.named_steps.get("features")
+    steps = union.transformer_list if isinstance(union, FeatureUnion) else []
+    if len(steps) != 1 or not isinstance(steps[0][1], OnnxCNNScore):
+        raise ValueError("with_network needs a pure-CNN pipeline (make_cnn_pipeline)")
+    if _preprocess_spec(model_path) != _preprocess_spec(steps[0][1].model_path):
+        raise ValueError(f"{model_path} states another preprocessing than "
+                         f"{steps[0][1].model_path}")
+    steps[0][1].set_params(model_path=portable_model_path(model_path), expected_sha256=None)
+    return model
 
 
 def extract_features(paths, extractor_names, cache_dir=None, batch_size=128, n_jobs=None,

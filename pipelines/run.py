@@ -57,7 +57,8 @@ def build_parser():
                         "/ BACTERIAL / VIRAL (pipelines/subtype.py)")
     parser.add_argument("--features", default="hog,cnn,hog+cnn",
                         help="comma-separated feature sets; each is '+'-joined extractors "
-                        "from hog, lbp, cnn, cnn160 (the CNN at 160 px, a faster path) "
+                        "from hog, lbp, cnn, cnn160 (the CNN at 160 px), cnn_int8 (the CNN in "
+                        "static int8, about 2x faster) "
                         "(e.g. hog,cnn,hog+cnn)")
     parser.add_argument("--heads", default="xgb,logreg",
                         help=f"comma-separated heads from {', '.join(HEADS)}")

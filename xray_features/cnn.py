@@ -32,6 +32,8 @@ __all__ = [
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_EMBEDDER = "efficientnet_lite0_embedder.onnx"
+# the same embedder in static int8: the hybrid's fast path (``cnn_int8``)
+INT8_EMBEDDER = "efficientnet_lite0_embedder.int8.onnx"
 # the packaged pure CNN with the best site_val AUC (models/MODEL_CARD.md)
 DEFAULT_CLASSIFIER = "cnn_ft224_cs_acq_cs.onnx"
 
@@ -45,6 +47,11 @@ PACKAGED_SHA256 = {
         "606c367d3fdc095595582553aca9c6496006b437d4b234c051abbe8ce83f35fd",
     "cnn_ft224_cs_acq_cs.onnx":
         "6e9b3e0703306a776a1be7ae7583cfd23966bd6fdc6bbe8854eff28e254eb30a",
+    # static int8 versions (experiments/quantize_cnn.py; models/MODEL_CARD.md)
+    "efficientnet_lite0_embedder.int8.onnx":
+        "436ef92710cee760958a8642ee3b87912ee5fbff0f20fd83f4a513426f27d1ad",
+    "cnn_ft224_cs_acq_cs.int8.onnx":
+        "268aab505b2802929b354b7958e9af65d9d1498cf2e01410cd34ebc63dece277",
 }
 
 
