@@ -24,7 +24,7 @@ import numpy as np
 
 from xray_features.hashing import file_sha256
 
-__all__ = ["ModelFileError", "save_model", "load_model", "package_versions", "sha256_of",
+__all__ = ["ModelFileError", "save_model", "load_model", "packaged_model_file", "package_versions", "sha256_of",
            "atomic_write_bytes", "check_decision_numbers"]
 
 FORMAT = "xray-hybrid-model/1"
@@ -96,6 +96,19 @@ def save_model(model, path, metadata):
     return path
 
 
+def packaged_model_file(path):
+    """``path`` as given, or, when it is the bare name of a saved model shipped
+    in ``xray_features/models`` and no such file exists here (for example
+    ``default_pipeline_fp32.joblib``), that packaged file."""
+    path = Path(path)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    from xray_features.cnn import MODELS_DIR
+
+    packaged = MODELS_DIR / path.name
+    return packaged if packaged.is_file() else path
+
+
 def load_model(path):
     """Return ``(model, metadata)`` of a file written by `save_model`.
 
@@ -118,7 +131,7 @@ def load_model(path):
         fails to unpickle, or a threshold / calibration that is not a finite
         number (see `check_decision_numbers`).
     """
-    path = Path(path)
+    path = packaged_model_file(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     sidecar = _sidecar(path)

@@ -80,7 +80,7 @@ from xray_features.io import looks_like_xray
 from .multiclass import is_multiclass
 from .onnx_model import MANIFEST, load_onnx_model
 from .persist import (ModelFileError, atomic_write_bytes, check_decision_numbers, load_model,
-                      sha256_of)
+                      packaged_model_file, sha256_of)
 from .scoring import (BLANK_STD, DEFAULT_BATCH_PIXELS, DICOM_COLUMNS, LABEL_NAMES,  # noqa: F401
                       _threshold_text, content_error, probabilities_of, score_columns,
                       score_paths)
@@ -774,8 +774,10 @@ def build_parser():
                         help="image files, folders, or .txt/.lst files listing paths")
     parser.add_argument("--model", default=None,
                         help="a saved pipeline (.joblib with its .sha256 sidecar) or a folder "
-                        "from pipelines.export (no unpickling); default: the packaged model "
-                        "(xray_features/models/default_pipeline.joblib, see its model card)")
+                        "from pipelines.export (no unpickling), or the bare name of a packaged "
+                        "one (default_pipeline_fp32.joblib: the default's network in fp32); "
+                        "default: the packaged model (xray_features/models/"
+                        "default_pipeline.joblib, see its model card)")
     parser.add_argument("--out", default="scores.csv", help="output CSV (default scores.csv)")
     parser.add_argument("--resume", action="store_true",
                         help="keep rows already in --out (from the same model) and score only "
@@ -824,7 +826,7 @@ def _load(model_path):
 
 
 def _main(args):
-    model_path = Path(args.model) if args.model else DEFAULT_MODEL
+    model_path = packaged_model_file(args.model) if args.model else DEFAULT_MODEL
     model, metadata = _load(model_path)
     if args.dask and model_path.is_dir():
         raise UsageError("--dask needs a .joblib model")

@@ -145,17 +145,21 @@ def test_cnn_pipeline_recalibrates_on_site_labels_and_prevalence(tiny_cnn, synth
     np.testing.assert_array_equal(shifted[1:].predict(images), model[1:].predict(images))
 
 
-def test_packaged_default_is_regenerated_from_the_networks_out_of_fold_probabilities():
-    """The default's calibration and threshold are what its network's committed
-    out-of-fold probabilities give under the stated rule (no data needed)."""
+@pytest.mark.parametrize("packaged, network", [
+    ("default_pipeline.joblib", "cnn_ft224_cs_acq_cs.int8.onnx"),
+    ("default_pipeline_fp32.joblib", "cnn_ft224_cs_acq_cs.onnx")])
+def test_packaged_default_is_regenerated_from_the_networks_out_of_fold_probabilities(
+        packaged, network):
+    """The default's calibration and threshold (and its fp32 twin's) are what
+    the fp32 network's committed out-of-fold probabilities give under the
+    stated rule (no data needed)."""
     from pipelines.baselines import OOF_DIR, read_oof
-    from pipelines.score import DEFAULT_MODEL
 
-    model, metadata = load_model(DEFAULT_MODEL)
+    model, metadata = load_model(packaged)
     assert metadata["threshold_rule"] == "sensitivity:0.95"
-    assert metadata["network"] == "cnn_ft224_cs_acq_cs.onnx"
+    assert metadata["network"] == network
     score_step = model.named_steps["features"].transformer_list[0][1]
-    assert score_step.model_path == "cnn_ft224_cs_acq_cs.onnx"  # portable: a packaged name
+    assert score_step.model_path == network  # portable: a packaged name
     rows = list(read_oof(OOF_DIR / "cnn_ft224_cs_acq_cs.csv").values())
     y = np.array([label for label, _, _ in rows])
     oof = np.array([proba for _, _, proba in rows])
@@ -169,13 +173,14 @@ def test_packaged_default_is_regenerated_from_the_networks_out_of_fold_probabili
 
 
 @pytest.mark.data
-def test_packaged_default_scores_site_val_as_its_network_did(data_root):
-    """Golden values: the default's first steps give the network's saved
-    site_val probabilities (written by its GPU study), and its labels follow."""
+def test_packaged_fp32_default_scores_site_val_as_its_network_did(data_root):
+    """Golden values: the fp32 default's first steps give the network's saved
+    site_val probabilities (written by its GPU study), and its labels follow.
+    (The int8 default follows the fp32 one within `tests/test_quantized.py`'s
+    tolerances.)"""
     from pipelines.baselines import OOF_DIR, saved_eval_scores
-    from pipelines.score import DEFAULT_MODEL
 
-    model, _ = load_model(DEFAULT_MODEL)
+    model, _ = load_model("default_pipeline_fp32.joblib")
     paths = index_dataset(data_root).subset("site_val").paths[::6]
     saved = saved_eval_scores(OOF_DIR / "site_val" / "cnn_ft224_cs_acq_cs.csv", paths)
     raw = model[:-1].transform(paths)[:, 0]

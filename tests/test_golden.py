@@ -26,7 +26,7 @@ GOLDEN = Path(__file__).with_name("golden_values.json")
 # features: float32 arithmetic, so a few ulps of slack; the networks: onnxruntime
 # kernels may reorder sums between versions
 TOLERANCE = {"hog": (1e-5, 1e-6), "lbp": (1e-5, 1e-6), "embedder": (1e-4, 1e-4),
-             "default_probability": (0, 1e-4)}
+             "default_probability": (0, 1e-4), "default_fp32_probability": (0, 1e-4)}
 
 
 def _films():
@@ -46,12 +46,13 @@ def compute():
     from pipelines.score import DEFAULT_MODEL
 
     films = _films()
-    model, _ = load_model(DEFAULT_MODEL)
     raw = [phantom(256, seed=0), pneumonia_phantom(256, seed=1)]
+    probability = {name: load_model(path)[0][1:].predict_proba(raw)[:, 1].tolist()
+                   for name, path in (("default_probability", DEFAULT_MODEL),
+                                      ("default_fp32_probability", "default_pipeline_fp32.joblib"))}
     return {"hog": _summary(HOGFeatures().transform(films)),
             "lbp": _summary(LBPFeatures().transform(films)),
-            "embedder": _summary(OnnxEmbedder().transform(films)),
-            "default_probability": model[1:].predict_proba(raw)[:, 1].tolist()}
+            "embedder": _summary(OnnxEmbedder().transform(films)), **probability}
 
 
 @pytest.fixture(scope="module")
