@@ -138,25 +138,30 @@ def _hog_chunk(images, orientations, cell, block, eps, float_dtype, chunk_size):
     images = images.astype(float_dtype, copy=False)
     # Gradients in the image dtype (as scikit-image), stored straight into
     # float64; zero on the image's first and last row / column.
-    g_row = np.zeros((n, height, width))
-    g_col = np.zeros((n, height, width))
-    last = min(height, rows - 1)
-    if last > 1:
-        np.subtract(images[:, 2:last + 1, :width], images[:, :last - 1, :width],
-                    out=g_row[:, 1:last], dtype=float_dtype)
-    last = min(width, cols - 1)
-    if last > 1:
-        np.subtract(images[:, :height, 2:last + 1], images[:, :height, :last - 1],
-                    out=g_col[:, :, 1:last], dtype=float_dtype)
+    g_row = np.empty((n, height, width))
+    g_col = np.empty((n, height, width))
+    last = max(1, min(height, rows - 1))  # rows 1 .. last - 1 have both neighbours
+    g_row[:, 0] = 0
+    g_row[:, last:] = 0
+    np.subtract(images[:, 2:last + 1, :width], images[:, :last - 1, :width],
+                out=g_row[:, 1:last], dtype=float_dtype)
+    last = max(1, min(width, cols - 1))
+    g_col[:, :, 0] = 0
+    g_col[:, :, last:] = 0
+    np.subtract(images[:, :height, 2:last + 1], images[:, :height, :last - 1],
+                out=g_col[:, :, 1:last], dtype=float_dtype)
     magnitude = np.multiply(g_col, g_col)
-    magnitude += np.square(g_row)
+    scratch = np.multiply(g_row, g_row)
+    magnitude += scratch
     np.sqrt(magnitude, out=magnitude)
     orientation = np.arctan2(g_row, g_col, out=g_row)
     np.rad2deg(orientation, out=orientation)
     # == orientation % 180 (NumPy's floored modulo) for values in [-180, 180]:
     # +180 below 0, -180 at 180, computed without masked (where=) operations.
-    shift = (orientation < 0).view(np.int8) - (orientation >= 180.0).view(np.int8)
-    orientation += shift * 180.0
+    shift = (orientation < 0).view(np.int8)
+    shift -= (orientation >= 180.0).view(np.int8)
+    np.multiply(shift, 180.0, out=scratch)
+    orientation += scratch
     # Bin i <=> edge[i] <= orientation < edge[i + 1]: count the edges above the
     # orientation (uint8, one comparison per edge); NaN lands past the last bin.
     edges, slot = _hog_layout(height, width, cell, orientations, chunk_size)
