@@ -217,7 +217,9 @@ class HOGFeatures(ImageFeatureExtractor):
         As in `skimage.feature.hog` (square cells and blocks).
     n_jobs : int, optional
         Threads over parts of the batch (used from 64 images on; ``None``
-        or 1: none).
+        or 1: none). On 2 cores they do not pay: no faster alone, and
+        slower right after onnxruntime's 2 threads in the same process
+        (``benchmarks/hog_impl.py``), so leave it ``None`` there.
 
     Notes
     -----
