@@ -24,9 +24,9 @@ import numpy as np
 
 from pipelines.decision import prior_corrected
 from pipelines.metrics import binary_metrics
+from pipelines.report import read_predictions
 
-from ensemble_study import read_predictions  # noqa: E402
-from studies import Results, study_parser  # noqa: E402
+from studies import Results, study_parser
 
 
 def draw_site(y, prevalence, rng):
