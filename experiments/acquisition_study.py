@@ -27,10 +27,9 @@ from pipelines.assemble import make_head
 from pipelines.metrics import auc, binary_metrics
 from xray_features import ReadImages
 from xray_features.preprocess import default_preprocessor
-from transforms import laplacian_variance
 from xray_features.views import view_preprocessor
 
-from stress import STRESS  # noqa: E402
+from cnn.stress import STRESS, laplacian_variance
 from studies import (Results, cross_fit, default_training_set, headline,  # noqa: E402
                      hybrid_features, study_parser, train_site_folds)
 

@@ -6,8 +6,9 @@
 A model's calibrated out-of-fold probabilities on train/ (prevalence 0.743)
 are resampled, images drawn with replacement within each class, to sites
 with another prevalence (``--prevalences``; 0.625 is the official test
-split's published 390 / 624). At each, the Youden threshold's sensitivity and
-specificity, and the probabilities' calibration: their mean against the
+split's published 390 / 624). At each, the sensitivity and specificity at the
+run's threshold for the model (its ``metrics.json``: Youden's in runs before the
+``sensitivity:0.95`` rule), and the probabilities' calibration: their mean against the
 site's prevalence and the Brier score, as they are and after prior
 correction to the site's prevalence (`PlattCalibrator.with_prevalence`,
 what ``pipelines.calibrate --prevalence`` does; its decisions are the same).
@@ -24,9 +25,9 @@ import numpy as np
 
 from pipelines.decision import prior_corrected
 from pipelines.metrics import binary_metrics
+from pipelines.report import read_predictions
 
-from ensemble_study import read_predictions  # noqa: E402
-from studies import Results, study_parser  # noqa: E402
+from studies import Results, study_parser
 
 
 def draw_site(y, prevalence, rng):

@@ -1,42 +1,37 @@
-"""Which features move the site's NORMAL films towards PNEUMONIA: the default's logit, split.
+"""Which features move the site's NORMAL films towards PNEUMONIA: the hybrid's logit, split.
 
     python experiments/shift_attribution_study.py            # train/ only
     python experiments/shift_attribution_study.py --site-val # + site_val (a look; logged as prose)
-    python experiments/shift_attribution_study.py --run experiments/artifacts/ft224_cs_folds --site-val
 
-The default model's head is linear (standardise, then logistic regression), so
-its logit is a sum of one term per feature, ``coef_j (x_j - mean_j) / scale_j``,
-plus the intercept. This sums the terms by block (the 1,764 HOG features, the
-1,280 embedding features) and, for HOG, by block position on its 7 x 7 grid of
-2 x 2-cell blocks over the 128-px film, and reports their means per class:
+The hybrid's head (``hog+cnn/logreg``, the default until the fine-tuned CNN) is
+linear (standardise, then logistic regression), so its logit is a sum of one
+term per feature, ``coef_j (x_j - mean_j) / scale_j``, plus the intercept. This
+sums the terms by block (the 1,764 HOG features, the 1,280 embedding features)
+and, for HOG, by block position on its 7 x 7 grid of 2 x 2-cell blocks over the
+128-px film, and reports their means per class:
 on train/ out of fold (each film's terms from the head of the fold that did not
 train on it, refitted as `pipelines.run` fits them, with the counter-squash and
-zoom copies) and, with ``--site-val``, on site_val (the packaged head). The
+zoom copies) and, with ``--site-val``, on site_val (the head refitted on all of
+train/ the same way, as `pipelines.run` fits ``hog+cnn/logreg``: the hybrid is no
+longer the packaged default, so the study fits it rather than loading it). The
 shift of site_val's NORMAL films from train's, per block and per HOG position,
-says which features carry the over-calling. Only the fold heads are fitted.
+says which features carry the over-calling. Only the heads are fitted.
 
-With ``--run`` (a `finetune_224.py --save-folds` run, exported), the model split
-is the cross-fitted hybrid of `finetuned224_study.py`: HOG beside each fold
-model's own fine-tuned embedding, and on site_val the head refitted on all of
-train/ with the final model's embedding; "cnn" is then the fine-tuned block.
+Its ``--run`` mode (the same split of HOG beside a fine-tuned CNN's embeddings)
+was retired with ``finetuned224_study.py``; docs/findings.md names the commit.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from pipelines.assemble import make_head
 from pipelines.metrics import auc
-from pipelines.persist import load_model
-from pipelines.score import DEFAULT_MODEL
 
-from finetuned224_study import (cross_fitted_blocks, exported_models,  # noqa: E402
-                                hog_and_embedding, require_exported)
-from studies import (Results, default_training_set, fit_with_copies,  # noqa: E402
-                     hybrid_features, study_parser, train_site_folds)
+from studies import (Results, default_training_set, fit_with_copies, hybrid_features,
+                     study_parser, train_site_folds)
 
 HOG_GRID = 7  # blocks per side: 128 px / 16-px cells = 8 cells, 2-cell blocks
 HOG_PER_BLOCK = 2 * 2 * 9  # cells per block x orientations
@@ -65,14 +60,6 @@ def default_blocks(train, folds, cache_dir):
     return [block] * (len(folds) + 1)
 
 
-def finetuned_blocks(run, train, folds, cache_dir):
-    """The cross-fitted hybrid's features: HOG beside fold k's fine-tuned embedding
-    for fold k, beside the final model's for the final fit; and the final model."""
-    _, fold_models, final_model = exported_models(run, len(folds))
-    require_exported(run, fold_models + [final_model])
-    return cross_fitted_blocks(fold_models + [final_model], train, cache_dir), final_model
-
-
 def summarise(terms, n_hog):
     """Mean logit terms: the HOG block, the embedding block, and HOG per grid position."""
     hog = terms[:, :n_hog]
@@ -84,26 +71,16 @@ def summarise(terms, n_hog):
 
 def main(argv=None):
     parser = study_parser(__doc__, out="runs/shift_attribution_study.json")
-    parser.add_argument("--model", default=str(DEFAULT_MODEL))
-    parser.add_argument("--run", type=Path, help="split the cross-fitted hybrid of this "
-                        "finetune_224.py run instead of --model")
     args = parser.parse_args(argv)
     train, site, folds = train_site_folds(args.data)
     y = train.labels
     n_hog = HOG_GRID * HOG_GRID * HOG_PER_BLOCK
-    if args.run is None:
-        blocks = default_blocks(train, folds, args.cache_dir)
-        head = load_model(args.model)[0].steps[-1][1].estimator_
-    else:
-        blocks, final_model = finetuned_blocks(args.run, train, folds, args.cache_dir)
-        X, copies = blocks[-1]
-        head = fit_with_copies(make_head("logreg"), X, y, copies)
+    blocks = default_blocks(train, folds, args.cache_dir)
+    X, copies = blocks[-1]
+    head = fit_with_copies(make_head("logreg"), X, y, copies)
     sets = {"train (out of fold)": (train, out_of_fold_terms(blocks, y, folds))}
-    if args.site_val and args.run is None:
+    if args.site_val:
         sets["site_val"] = (site, logit_terms(head, hybrid_features(site.paths, args.cache_dir)))
-    elif args.site_val:
-        site_hog, site_tuned = hog_and_embedding(site.paths, final_model, args.cache_dir)
-        sets["site_val"] = (site, logit_terms(head, np.hstack([site_hog, site_tuned])))
     results = Results()
     results.add("head's intercept", float(head.named_steps["logreg"].intercept_[0]))
     summaries = {}

@@ -1,11 +1,15 @@
 """What the study scripts share: their common options, the train/ folds, the
 default hybrid's features, the cross-fitting of a head with augmented copies,
-the site_val log and the JSON results."""
+the site_val log and the JSON results.
+
+Studies run from the repository root (``python experiments/<study>.py``) and
+write only under ``runs/`` (git-ignored) or where ``--out`` says. A site_val
+look is appended to ``runs/site_val_looks.md`` and printed, to be copied into
+the tracked record, ``experiments/site_val_log.md``."""
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 from pathlib import Path
@@ -17,12 +21,10 @@ from pipelines.assemble import DEFAULT_AUGMENT, extract_features, extract_traini
 from pipelines.decision import PlattCalibrator, mean_logit
 from pipelines.metrics import binary_metrics, paired_bootstrap_auc, youden_threshold
 from pipelines.comparison import default_cache_dir
+from pipelines.report import log_look
 from xray_features import index_dataset, make_folds
 
-LOG = Path(__file__).resolve().parent / "site_val_log.md"
-TABLE_HEADER = ("| when (UTC) | config | CV AUC | CV acc | CV sens | CV spec | threshold "
-                "| site AUC | site acc | site sens | site spec |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|\n")
+LOG = Path("runs") / "site_val_looks.md"  # git-ignored; the tracked record is site_val_log.md
 HYBRID = ["hog", "cnn"]  # the default model's extractors, in its column order
 
 
@@ -36,8 +38,8 @@ def study_parser(doc, out=None, site_val=True):
         parser.add_argument("--out", type=Path, default=Path(out))
     if site_val:
         parser.add_argument("--site-val", action="store_true",
-                            help="score site_val once per model and log it "
-                            "(experiments/site_val_log.md)")
+                            help=f"score site_val once per model and log it ({LOG}: copy "
+                            "the printed rows into experiments/site_val_log.md)")
     return parser
 
 
@@ -144,17 +146,6 @@ def site_val_look(result, name, cv, labels, scores, threshold):
 
 
 def log_row(name, cv, sv):
-    """Append one site_val look to `LOG` (``cv`` holds the threshold too)."""
-    text = LOG.read_text() if LOG.exists() else ""
-    with open(LOG, "a") as handle:
-        if not text:
-            handle.write("# Every configuration evaluated on site_val\n\n"
-                         "Appended by the studies in experiments/; one row per look.\n")
-        lines = text.rstrip().splitlines()
-        if not lines or not lines[-1].startswith("|"):  # prose last: open a new table
-            handle.write("\n" + TABLE_HEADER)
-        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-        handle.write(f"| {when} | {name} | {cv['auc']:.4f} | {cv['accuracy']:.3f} | "
-                     f"{cv['sensitivity']:.3f} | {cv['specificity']:.3f} | {cv['threshold']:.3f} | "
-                     f"{sv['auc']:.4f} | {sv['accuracy']:.3f} | {sv['sensitivity']:.3f} | "
-                     f"{sv['specificity']:.3f} |\n")
+    """Log one site_val look (``cv`` holds the threshold too) in `LOG`, and print
+    its row for the tracked record, experiments/site_val_log.md."""
+    log_look(LOG, name, cv, sv, record="experiments/site_val_log.md")

@@ -1,6 +1,6 @@
 """Fine-tuned pure-CNN baselines: their saved out-of-fold predictions.
 
-`experiments/train_cnn.py` cross-fits each CNN on `make_folds` and writes
+`experiments/cnn/train_cnn.py` cross-fits each CNN on `make_folds` and writes
 ``xray_features/models/oof/<name>.csv`` (columns ``path,label,fold,proba``; paths
 relative to the data root). The final model, trained on all of train/, is
 ``xray_features/models/<name>.onnx``, with ``<name>.preprocess.json`` beside
@@ -9,7 +9,7 @@ it: the `default_preprocessor` options its training images went through
 the folds of this run, so every model is compared on the same splits.
 
 A baseline whose final model is not packaged (``cnn_ft224_acq``, fine-tuned at
-224 px on a GPU by `experiments/finetune_224.py`) can still be scored on an
+224 px on a GPU by `experiments/cnn/finetune_224.py`) can still be scored on an
 evaluation set its study scored: ``xray_features/models/oof/site_val/<name>.csv`` with
 a ``sha256`` column holds its final model's probabilities, matched to the
 evaluation images by file content; used only when it covers all of them.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import datetime
 import html
 import io
 import json
@@ -25,7 +26,8 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from .decision import logit  # noqa: E402
 from .persist import atomic_write_bytes  # noqa: E402
 
-__all__ = ["write_report", "write_predictions", "read_predictions", "plot_roc", "plot_confusions",
+__all__ = ["write_report", "write_predictions", "read_predictions", "log_look", "plot_roc",
+           "plot_confusions",
            "plot_calibration",
            "plot_tradeoff", "plot_histograms", "occlusion_map", "at_a_glance", "environment",
            "GOAL", "INTENDED_USE", "TRUE_LABEL"]
@@ -611,3 +613,56 @@ def read_predictions(path):
             np.array([int(r.get(TRUE_LABEL, r.get("label"))) for r in rows]),
             np.array([r["patient"] for r in rows]),
             {m: np.array([float(r[m]) for r in rows]) for m in models})
+
+
+_LOOK_HEADER = ("| when (UTC) | config | CV AUC | CV acc | CV sens | CV spec | threshold "
+                "| site AUC | site acc | site sens | site spec |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def log_look(log, name, cv, evaluation, record=None):
+    """Append one look at an evaluation set to a markdown log, as one table row.
+
+    Every score of a held-out set is a look that can steer later choices, so each
+    is written down with the cross-validated figures it was chosen by.
+
+    Parameters
+    ----------
+    log : path-like
+        The log file, created with its folder when missing. A new table opens
+        when the file does not end in one.
+    name : str
+        The configuration looked at.
+    cv : dict
+        Its cross-validated ``auc``, ``accuracy``, ``sensitivity``,
+        ``specificity`` and the ``threshold`` chosen on them.
+    evaluation : dict
+        ``auc``, ``accuracy``, ``sensitivity`` and ``specificity`` on the
+        evaluation set, at that threshold.
+    record : str, optional
+        The tracked log the row belongs in, when ``log`` is a scratch file: the
+        row is then printed with a line asking to add it there.
+
+    Returns
+    -------
+    str
+        The row written, without its newline.
+    """
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    text = log.read_text() if log.exists() else ""
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    row = (f"| {when} | {name} | {cv['auc']:.4f} | {cv['accuracy']:.3f} | "
+           f"{cv['sensitivity']:.3f} | {cv['specificity']:.3f} | {cv['threshold']:.3f} | "
+           f"{evaluation['auc']:.4f} | {evaluation['accuracy']:.3f} | "
+           f"{evaluation['sensitivity']:.3f} | {evaluation['specificity']:.3f} |")
+    with open(log, "a") as handle:
+        if not text:
+            handle.write("# Looks at an evaluation set\n\nOne row per look.\n")
+        lines = text.rstrip().splitlines()
+        if not lines or not lines[-1].startswith("|"):  # prose last: open a new table
+            handle.write("\n" + _LOOK_HEADER)
+        handle.write(row + "\n")
+    if record is not None:
+        print(f"look logged in {log}; add it to {record}:\n{row}", flush=True)
+    return row

@@ -10,7 +10,8 @@ import pytest
 
 # The studies in experiments/ are scripts, not a package: their tests import them
 # from here (the one place the suite touches sys.path).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+for _scripts in ("experiments", "experiments/cnn"):  # as `python experiments/[cnn/]X.py` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / _scripts))
 
 
 def phantom(size=224, seed=0, lungs=True):

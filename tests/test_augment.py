@@ -7,7 +7,7 @@ import pytest
 from pipelines.assemble import (extract_counter_squash_features, extract_training_copies,
                                 extract_zoom_features, make_extractor)
 from xray_features import ReadImages
-from transforms import Intensity, RandomReframe, Reframe
+from stress import Intensity  # experiments/cnn/stress.py
 from xray_features.augment import (NORMAL_TO_PNEUMONIA_ASPECT, RandomZoom, Stretch, counter_squash,
                                    counter_squash_copies)
 from xray_features.preprocess import BorderCrop, default_preprocessor
@@ -85,45 +85,10 @@ def test_random_zoom_refuses_bad_parameters():
         RandomZoom(random_state=np.random.RandomState(0)).transform(np.ones((1, 8, 8), np.float32))
 
 
-def test_reframe_cuts_each_edge_and_resizes_back():
-    image = np.zeros((100, 80), np.float32)
-    image[90:, :] = 1.0  # a bright band along the bottom 10 %
-    out = Reframe(bottom=0.1).transform(image[None])[0]
-    assert out.shape == image.shape and out.max() == 0.0  # the band is gone
-    top_cut = Reframe(top=0.1).transform(image[None])[0]
-    np.testing.assert_array_equal(
-        top_cut, cv2.resize(image[10:], (80, 100), interpolation=cv2.INTER_LINEAR))
-    # the centred case is RandomZoom's crop at that fraction
-    images = np.stack([phantom(96, seed=s) for s in range(2)])
-    zoom = RandomZoom(0.2, random_state=1)
-    f = zoom.fraction(images[0])
-    np.testing.assert_allclose(Reframe(f, f, f, f).transform(images[:1])[0],
-                               zoom.transform(images[:1])[0], atol=1e-6)
-    np.testing.assert_array_equal(Reframe().transform(images), images)
 
 
-def test_random_reframe_draws_reproducible_aspect_keeping_cuts():
-    images = np.stack([phantom(96, seed=s) for s in range(8)])
-    reframe = RandomReframe(max_fraction=0.2, random_state=5)
-    out = reframe.transform(images)
-    cuts = [reframe.cuts(image) for image in images]
-    for image, (top, bottom, left, right), got in zip(images, cuts, out):
-        assert 0 <= top <= 0.2 and 0 <= bottom <= 0.2 and min(left, right) >= 0
-        assert left + right == pytest.approx(top + bottom)  # the aspect ratio is kept
-        np.testing.assert_array_equal(got, Reframe(top, bottom, left, right).transform(image[None])[0])
-    assert len({c[0] for c in cuts}) == len(cuts)  # each film its own draw
-    assert any(abs(t - b) > 0.05 for t, b, _, _ in cuts)  # top and bottom drawn apart
-    np.testing.assert_array_equal(RandomReframe(0.2, random_state=5).transform(images[::-1]),
-                                  out[::-1])
-    assert RandomReframe(0.2, random_state=6).cuts(images[0]) != cuts[0]
-    with pytest.raises(ValueError, match="max_fraction"):
-        RandomReframe(max_fraction=0.5).transform(images)
 
 
-def test_reframe_refuses_cuts_that_leave_nothing():
-    for bad in ({"top": -0.1}, {"top": 0.5, "bottom": 0.5}, {"left": 0.7, "right": 0.4}):
-        with pytest.raises(ValueError, match="leave part of the film"):
-            Reframe(**bad).transform(np.ones((1, 8, 8), np.float32))
 
 
 def test_intensity_known_values():

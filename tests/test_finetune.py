@@ -1,4 +1,4 @@
-"""The 224-px fine-tuning study (experiments/finetune_224.py, finetune_export.py,
+"""The 224-px fine-tuning study (experiments/cnn/finetune_224.py, finetune_export.py,
 stress.py): the torch rebuild of the shipped embedder, the augmentations, and
 one tiny end-to-end run on synthetic images. Needs the train extra (torch)."""
 
@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from .conftest import make_synthetic_set, phantom
-from pipelines.decision import mean_logit
 from pipelines.metrics import youden_threshold
 from xray_features.cnn import OnnxCNNClassifier, OnnxEmbedder
 from xray_features.io import read_xray
@@ -136,86 +135,3 @@ def test_export_matches_torch_and_writes_tables(tiny_run, tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_allclose(OnnxEmbedder(model_path=onnx_path).transform(images),
                                embedding.numpy(), atol=1e-4)
-
-
-def test_hybrid_study_cross_fits_on_the_saved_fold_models(tiny_run, tmp_path):
-    import finetuned224_study
-
-    data, out = tiny_run
-    assert finetune_export.main([str(out), "--data", str(data), "--oof-dir", str(tmp_path)]) == 0
-    report = tmp_path / "study.json"
-    assert finetuned224_study.main(["--run", str(out), "--data", str(data), "--out", str(report),
-                                    "--cache-dir", str(tmp_path / "cache")]) == 0
-    results = json.loads(report.read_text())
-    name = "hog+ft224_acq_cs/logreg-countersquash-zoom (cross-fitted)"
-    assert set(results) == {name, "ensemble hybrid+ft224_acq_cs"}
-    for result in results.values():
-        assert 0 <= result["cv"]["auc"] <= 1 and "site_val" not in result
-
-
-def test_seed_study_ensembles_the_runs_out_of_fold(tiny_run, tmp_path):
-    import seed_study
-
-    data, out = tiny_run
-    report = tmp_path / "seeds.json"
-    assert seed_study.main([str(out), str(out), "--data", str(data), "--out", str(report)]) == 0
-    results = json.loads(report.read_text())
-    p = np.load(out / "oof.npz")["proba_acq_cs"]
-    ensemble = results["ensemble of 2 seeds"]
-    np.testing.assert_allclose(mean_logit([p, p]), p, atol=1e-6)  # one run twice: itself
-    assert ensemble["threshold"] == round(youden_threshold(np.load(out / "oof.npz")["y"], p), 4)
-    assert ensemble["cv_vs_first_seed"]["diff"] == pytest.approx(0, abs=1e-9)
-    assert results["seed spread"]["cv_auc_sd"] == 0
-
-
-def test_shift_attribution_splits_the_cross_fitted_head_exactly(tiny_run, tmp_path):
-    import shift_attribution_study as study
-    from pipelines.assemble import make_head
-
-    data, out = tiny_run
-    assert finetune_export.main([str(out), "--data", str(data), "--oof-dir", str(tmp_path)]) == 0
-    from xray_features import index_dataset, make_folds
-
-    train = index_dataset(data).subset("train")
-    folds = make_folds(train.labels, train.groups, n_splits=5, seed=0)
-    blocks, final_model = study.finetuned_blocks(out, train, folds, str(tmp_path / "cache"))
-    assert len(blocks) == 6 and final_model.name == "acq_cs.onnx"
-    X, copies = blocks[-1]
-    assert X.shape[1] == study.HOG_GRID ** 2 * study.HOG_PER_BLOCK + 1280 and len(copies) == 2
-    head = study.fit_with_copies(make_head("logreg"), X, train.labels, copies)
-    terms = study.logit_terms(head, X)  # the logit is the terms' sum plus the intercept
-    np.testing.assert_allclose(terms.sum(axis=1) + head[-1].intercept_[0],
-                               head.decision_function(X), rtol=1e-6, atol=1e-6)
-    report = tmp_path / "shift.json"
-    assert study.main(["--run", str(out), "--data", str(data), "--out", str(report),
-                       "--cache-dir", str(tmp_path / "cache")]) == 0
-    results = json.loads(report.read_text())
-    by_block = results["train (out of fold) AUC of each block's terms"]
-    assert set(by_block) == {"hog", "cnn", "both"} and all(0 <= v <= 1 for v in by_block.values())
-
-
-def test_logit_stack_uses_each_models_own_final_layer(tiny_run, tmp_path):
-    import logit_stack_study as study
-
-    data, out = tiny_run
-    assert finetune_export.main([str(out), "--data", str(data), "--oof-dir", str(tmp_path)]) == 0
-    model = out / "fold2_acq_cs.onnx"
-    images = np.stack([phantom(224, seed=i) for i in range(3)])
-    embedding = OnnxEmbedder(model_path=str(model)).transform(images)
-    proba = OnnxCNNClassifier(model_path=str(model)).predict_proba(images)[:, 1]
-    np.testing.assert_allclose(1 / (1 + np.exp(-study.logits(study.final_layer(model), embedding))), proba,
-                               atol=1e-5)
-    from xray_features import index_dataset, make_folds
-
-    train = index_dataset(data).subset("train")
-    folds = make_folds(train.labels, train.groups, n_splits=5, seed=0)
-    fold_models = [out / f"fold{k}_acq_cs.onnx" for k in range(5)]
-    oof, oof_copies = study.out_of_fold_logits(fold_models, train, folds, str(tmp_path / "cache"))
-    stored = np.load(out / "oof.npz")  # each film's probability from the model that never saw it
-    np.testing.assert_allclose(1 / (1 + np.exp(-oof)), stored["proba_acq_cs"], atol=2e-3)
-    assert len(oof_copies) == 2 and all(np.isfinite(c).all() for c in oof_copies)
-    report = tmp_path / "stack.json"
-    assert study.main(["--run", str(out), "--data", str(data), "--out", str(report),
-                       "--cache-dir", str(tmp_path / "cache")]) == 0
-    (result,) = json.loads(report.read_text()).values()
-    assert 0 <= result["cv"]["auc"] <= 1 and "site_val" not in result

@@ -91,7 +91,7 @@ def test_bad_batches_are_refused(bad):
 
 def test_default_preprocessor_squashes_like_the_training_images():
     """The training images were squashed to squares, so real-shaped inputs are
-    squashed too (pad-resizing them cost accuracy: experiments/native_resize_study.py)."""
+    squashed too (pad-resizing them cost accuracy: docs/findings.md)."""
     wide = phantom(300)[50:250]  # 200 x 300
     out = default_preprocessor(size=64).transform([wide])[0]
     expected = Resize(64, mode="squash").transform(CLAHE().transform([wide]))[0]

@@ -130,3 +130,22 @@ def test_gallery_rescores_the_saved_model(trained_run, synthetic_data, tmp_path)
     assert entries and all(e["png"].stat().st_size > 0 for e in entries)
     for e in entries:  # the occlusion's unmasked score is the model's own
         assert e["p_rescored"] == pytest.approx(e["p"], abs=1e-6)
+
+
+def test_log_look_appends_one_row_per_look_and_opens_a_table_after_prose(tmp_path, capsys):
+    log = tmp_path / "runs" / "looks.md"
+    cv = {"auc": 0.99, "accuracy": 0.95, "sensitivity": 0.96, "specificity": 0.94, "threshold": 0.5}
+    site = {"auc": 0.9, "accuracy": 0.8, "sensitivity": 0.99, "specificity": 0.6}
+    first = report.log_look(log, "model a", cv, site)
+    assert capsys.readouterr().out == ""  # no record named: nothing printed
+    second = report.log_look(log, "model b", cv, site, record="the tracked log")
+    assert capsys.readouterr().out.splitlines() == [f"look logged in {log}; add it to the tracked log:",
+                                                    second]
+    with open(log, "a") as handle:
+        handle.write("\nA note between looks.\n")
+    third = report.log_look(log, "model c", cv, site)
+    lines = log.read_text().splitlines()
+    assert [line for line in lines if "| model " in line] == [first, second, third]
+    assert sum(line.startswith("| when (UTC)") for line in lines) == 2
+    assert first.split(" | ")[1:] == ["model a", "0.9900", "0.950", "0.960", "0.940", "0.500",
+                                      "0.9000", "0.800", "0.990", "0.600 |"]

@@ -8,8 +8,8 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from xray_features import CLAHE, CachedExtractor, HOGFeatures, LBPFeatures, LungCrop, Resize
-from transforms import (EqualizeHistogram, EqualizeSharpness, Intensity, RandomReframe,
-                        Reframe)  # experiments/transforms.py: the studies' own steps
+from stress import EqualizeSharpness, Intensity  # experiments/cnn/stress.py: the studies' own steps
+from transforms import EqualizeHistogram  # experiments/transforms.py
 from xray_features.augment import RandomZoom, Stretch
 from xray_features.preprocess import BorderCrop
 from xray_features.views import ViewFeatures
@@ -32,8 +32,6 @@ EXPECTED_FAILURES = {
     "Stretch": _IMAGES,
     "RandomZoom": _IMAGES,
     "Intensity": _IMAGES,
-    "Reframe": _IMAGES,
-    "RandomReframe": _IMAGES,
     "EqualizeSharpness": _IMAGES,
     "EqualizeHistogram": _IMAGES,
     "BorderCrop": _IMAGES,
@@ -44,9 +42,7 @@ EXPECTED_FAILURES = {
 
 
 ESTIMATORS = [CLAHE(), LungCrop(), Resize(size=16), Stretch(vertical=1.3), RandomZoom(),
-              Intensity(gamma=0.8, contrast=0.9, black=0.05), Reframe(bottom=0.1, left=0.05),
-              RandomReframe(),
-              EqualizeSharpness(target=50.0), EqualizeHistogram(),
+              Intensity(gamma=0.8, contrast=0.9, black=0.05), EqualizeSharpness(target=50.0), EqualizeHistogram(),
               BorderCrop(fraction=0.1), HOGFeatures(image_size=32),
               LBPFeatures(image_size=32, grid=2), CachedExtractor(HOGFeatures(image_size=32)),
               OnnxEmbedder(batch_size=16), OnnxCNNScore(batch_size=16),

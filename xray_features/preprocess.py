@@ -225,12 +225,9 @@ class Resize(ImageTransformerMixin):
 def default_preprocessor(size=224, crop=False, resize_mode="squash"):
     """The shared preprocessing chain: CLAHE -> [LungCrop] -> Resize.
 
-    LungCrop is off by default: in `experiments/generalization.py` it lowered
-    the site_val AUC of the CNN features from 0.946 to 0.916 (see
-    experiments/site_val_log.md). Resizing squashes to the square by default,
-    as the Kermany training images were squashed: on real-shaped originals,
-    pad-resizing cut the hog+cnn model's out-of-fold accuracy from 0.969 to
-    0.610 (`experiments/native_resize_study.py`).
+    LungCrop is off by default and resizing squashes to the square, as the
+    Kermany training images were squashed; docs/findings.md gives the
+    measurements behind both.
     """
     steps = [("clahe", CLAHE())]
     if crop:

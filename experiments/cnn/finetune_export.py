@@ -1,18 +1,20 @@
 """Export the models of a `finetune_224.py` run to ONNX, write their
 prediction tables, and (``--site-val``) check them on site_val/.
 
-    python experiments/finetune_export.py experiments/artifacts/ft224 [--site-val]
+    python experiments/cnn/finetune_export.py experiments/artifacts/ft224 [--site-val]
 
 For each recipe in ``RUN/results.json``: ``RUN/<recipe>.onnx`` (outputs
 ``probability`` and ``embedding``, checked against torch; and
 ``RUN/fold<k>_<recipe>.onnx`` for fold models saved with ``--save-folds``,
 their fp16 weights widened to fp32) and its
 out-of-fold probabilities, ``cnn_<RUN name>_<recipe>.csv``, in ``--oof-dir``
-for the recipe the run picked (`pipelines.run` reports it as a baseline) and
-in its ``unpicked/`` subfolder for the others. With ``--site-val``, the final
-models' site_val predictions go to its ``site_val/`` subfolder, scored at
-their out-of-fold Youden threshold, one logged look per recipe. Prints a
-JSON line per recipe and writes ``RUN/export.json``.
+(default ``runs/oof``; ``xray_features/models/oof``, where `pipelines.run`
+reports the picked recipe as a baseline, only when you say so) for the recipe
+the run picked and in its ``unpicked/`` subfolder for the others. With
+``--site-val``, the final models' site_val predictions go to its ``site_val/``
+subfolder, scored at their out-of-fold Youden threshold, one look per recipe
+logged in ``runs/site_val_looks.md`` and printed for experiments/site_val_log.md.
+Prints a JSON line per recipe and writes ``RUN/export.json``.
 """
 
 from __future__ import annotations
@@ -28,17 +30,15 @@ import numpy as np
 import torch
 
 from finetune_224 import FineTuned  # noqa: E402
-from studies import log_row  # noqa: E402
-from train_cnn import export, scores, write_predictions  # noqa: E402
+from train_cnn import export, log_site_val_look, scores, write_predictions  # noqa: E402
 
-from pipelines.baselines import OOF_DIR  # noqa: E402
 from pipelines.metrics import youden_threshold  # noqa: E402
 from xray_features import index_dataset, read_xray  # noqa: E402
 from xray_features.cnn import OnnxCNNClassifier  # noqa: E402
 from xray_features.hashing import file_sha256  # noqa: E402
 from xray_features.preprocess import default_preprocessor  # noqa: E402
 
-OOF = OOF_DIR  # xray_features/models/oof
+OOF = Path("runs") / "oof"  # git-ignored; pass --oof-dir xray_features/models/oof to publish
 
 
 def load(state_path):
@@ -93,8 +93,8 @@ def main(argv=None):
             p_site = classifier.predict_proba(site_images)[:, 1]
             write_site_predictions(args.oof_dir / "site_val" / table, site, args.data, p_site)
             entry["site_val"] = scores(site.labels, p_site, threshold)
-            log_row(f"cnn_{args.run.name}_{recipe} (finetune_224, pure CNN)", entry["cv"],
-                    entry["site_val"])
+            log_site_val_look(f"cnn_{args.run.name}_{recipe} (finetune_224, pure CNN)",
+                              entry["cv"], entry["site_val"])
         report[recipe] = entry
         print(json.dumps({recipe: entry}), flush=True)
     (args.run / "export.json").write_text(json.dumps(report, indent=2))

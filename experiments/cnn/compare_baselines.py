@@ -1,26 +1,30 @@
 """The pure-CNN baselines side by side: AUC with 95 % CIs and paired differences.
 
-    python experiments/compare_baselines.py                      # against small64_noaug
-    python experiments/compare_baselines.py --reference cnn_lite0_128_aug_e3
+    python experiments/cnn/compare_baselines.py                      # against small64_noaug
+    python experiments/cnn/compare_baselines.py --reference cnn_lite0_128_aug_e3
+    python experiments/cnn/compare_baselines.py --cv-only            # train/ out of fold only
 
 Reads the prediction tables `train_cnn.py` wrote and that were copied to
 `xray_features/models/oof/` (out-of-fold on train/) and `xray_features/models/oof/site_val/`
-(the final model on site_val). CIs and differences come from a patient-level
-bootstrap (1,000 resamples), paired between runs on the same images.
+(the final model on site_val: saved scores of looks already logged, no new
+look). CIs and differences come from a patient-level bootstrap (1,000
+resamples), paired between runs on the same images. Prints a JSON line per
+table and writes them all to ``--out``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from pipelines.baselines import OOF_DIR, read_oof
 from pipelines.metrics import auc, bootstrap_ci, paired_bootstrap_auc
 from xray_features import index_dataset
-
-from studies import Results, study_parser  # noqa: E402
 
 
 def load(table_path, patient_of, order=None):
@@ -33,13 +37,17 @@ def load(table_path, patient_of, order=None):
 
 
 def main(argv=None):
-    parser = study_parser(__doc__, out="runs/compare_baselines.json", site_val=False)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=os.environ.get("XRAY_DATA", "../shared/data/kermany"))
     parser.add_argument("--reference", default="cnn_small64_noaug")
+    parser.add_argument("--cv-only", action="store_true", help="leave out the site_val tables")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare_baselines.json"))
     args = parser.parse_args(argv)
     index = index_dataset(args.data)
     patient_of = {os.path.relpath(r.path, index.root): g for r, g in zip(index.records, index.groups)}
-    results = Results()
-    for part, folder in (("cv", OOF_DIR), ("site_val", OOF_DIR / "site_val")):
+    results = {}
+    parts = [("cv", OOF_DIR)] + ([] if args.cv_only else [("site_val", OOF_DIR / "site_val")])
+    for part, folder in parts:
         reference = folder / f"{args.reference}.csv"
         paths, y, patients, p_ref = load(reference, patient_of)
         for table in sorted(folder.glob("cnn_*.csv")):
@@ -50,8 +58,10 @@ def main(argv=None):
                 test = paired_bootstrap_auc(y, p, p_ref, patients, n_boot=1000, seed=0)
                 row[f"minus_{args.reference}"] = {"diff": round(test["diff"], 4),
                                                   "ci": [round(c, 4) for c in test["ci"]]}
-            results.add(f"{part}/{table.stem}", row)
-    results.save(args.out)
+            results[f"{part}/{table.stem}"] = row
+            print(json.dumps({f"{part}/{table.stem}": row}), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
     return 0
 
 

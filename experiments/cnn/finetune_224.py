@@ -1,7 +1,7 @@
 """Fine-tune the shipped EfficientNet-Lite0 embedder at 224 px on a GPU,
 cross-fitted on the pipelines' folds, under fixed recipes.
 
-    python experiments/finetune_224.py --data DIR --out DIR [--recipes base,acq,acq_frame]
+    python experiments/cnn/finetune_224.py --data DIR --out DIR [--recipes base,acq,acq_frame]
 
 Every model starts from ``xray_features/models/efficientnet_lite0_embedder.onnx``
 (ImageNet Lite0 with its batch norms folded into the convolutions, so their

