@@ -22,12 +22,19 @@ def as_images(X):
     if isinstance(X, (list, tuple)) and X and np.ndim(X[0]) == 2:
         images = list(X)  # a sequence of images, possibly of different shapes
     else:
-        X = check_array(X, allow_nd=True, dtype="numeric", ensure_min_features=1)
+        X = check_array(X, allow_nd=True, dtype="numeric", ensure_min_features=1,
+                        ensure_all_finite=False)
         if X.ndim == 2:
             X = X[:, None, :]
         if X.ndim != 3:
             raise ValueError(f"expected a batch of 2-D images, got an array of shape {X.shape}")
-        images = list(X)
+        if np.iscomplexobj(X):
+            raise ValueError(f"image 0 is not numeric: dtype {X.dtype}")
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        finite = np.isfinite(X.reshape(len(X), -1)).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"image {int(np.argmin(finite))} holds NaN or infinity")
+        return list(X)  # one validation pass over the whole array
     out = []
     for i, image in enumerate(images):
         image = np.asarray(image)
