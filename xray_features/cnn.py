@@ -88,6 +88,9 @@ def _open_session(path, mtime_ns, size, expected_sha256, n_threads):
     options = ort.SessionOptions()
     options.intra_op_num_threads = n_threads
     options.inter_op_num_threads = 1
+    # Idle threads sleep instead of spinning after each run: on 2 cores the spin
+    # stole the CPU from the next batch's decoding and HOG (benchmarks/README.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
