@@ -182,3 +182,24 @@ def test_default_model_is_packaged_and_scores(tmp_path):
     assert score.main([str(image), "--out", str(out), "--quiet"]) == 0
     assert _rows(out)[0]["status"] == "ok"
     assert read_xray(image).shape == (224, 224)
+
+
+def test_a_packaged_model_is_named_by_its_bare_file_name(tmp_path, monkeypatch):
+    """``--model default_pipeline_fp32.joblib`` finds the packaged file when no such
+    file is in the working folder; a file of that name there is used first."""
+    monkeypatch.chdir(tmp_path)
+    image = write_image(tmp_path / "x.png", phantom(224))
+    out = tmp_path / "s.csv"
+    assert score.main([str(image), "--model", "default_pipeline_fp32.joblib", "--out", str(out),
+                       "--quiet"]) == 0
+    from pipelines.persist import sha256_of
+    from xray_features.cnn import MODELS_DIR
+
+    row = _rows(out)[0]
+    assert row["status"] == "ok"
+    assert row["model"] == sha256_of(MODELS_DIR / "default_pipeline_fp32.joblib")[:12]
+    assert score.main([str(image), "--out", str(out), "--quiet"]) == 0
+    assert _rows(out)[0]["model"] == sha256_of(score.DEFAULT_MODEL)[:12]
+    (tmp_path / "default_pipeline_fp32.joblib").write_bytes(b"not a model")
+    assert score.main([str(image), "--model", "default_pipeline_fp32.joblib", "--out",
+                       str(tmp_path / "t.csv"), "--quiet"]) == 2  # the local file, refused
