@@ -27,8 +27,7 @@ from .decision import logit  # noqa: E402
 from .persist import atomic_write_bytes  # noqa: E402
 
 __all__ = ["write_report", "write_predictions", "read_predictions", "log_look", "plot_roc",
-           "plot_confusions",
-           "plot_calibration",
+           "plot_confusions", "plot_calibration",
            "plot_tradeoff", "plot_histograms", "occlusion_map", "at_a_glance", "environment",
            "GOAL", "INTENDED_USE", "TRUE_LABEL"]
 
