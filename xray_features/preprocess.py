@@ -188,12 +188,14 @@ def _lung_box(image, min_region):
 class Resize(ImageTransformerMixin):
     """Resize every image to ``size x size``.
 
-    ``mode="pad"`` (default) keeps the aspect ratio and pads the short side
-    with ``pad_value`` (centred); ``mode="squash"`` stretches to the square.
-    Returns a float32 array ``(n, size, size)``.
+    ``mode="squash"`` (default, as in `default_preprocessor`: the training
+    images were squashed to squares, so real-shaped films must be too)
+    stretches to the square; ``mode="pad"`` keeps the aspect ratio and pads
+    the short side with ``pad_value`` (centred). Returns a float32 array
+    ``(n, size, size)``.
     """
 
-    def __init__(self, size=224, mode="pad", pad_value=0.0):
+    def __init__(self, size=224, mode="squash", pad_value=0.0):
         self.size = size
         self.mode = mode
         self.pad_value = pad_value
