@@ -16,8 +16,8 @@ from threadpoolctl import threadpool_limits
 
 from .metrics import DEFAULT_THRESHOLD_RULE, choose_threshold
 
-__all__ = ["DecisionClassifier", "PlattCalibrator", "ScoreHead", "logit", "mean_logit",
-           "prior_shift", "prior_corrected"]
+__all__ = ["DecisionClassifier", "PlattCalibrator", "ScoreHead", "cross_fit", "logit",
+           "mean_logit", "prior_shift", "prior_corrected"]
 
 _EPS = 1e-6
 
@@ -135,6 +135,11 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
     out-of-fold probabilities by ``threshold_rule``; then it refits
     ``estimator`` on all the data. `predict` uses that threshold.
 
+    Three jobs in turn, each its own piece: `cross_fit` (the folds, the
+    training copies that join training folds only, and the test-time views),
+    `PlattCalibrator` (calibration), `pipelines.metrics.choose_threshold`
+    (the threshold). ``cv="given"`` skips the first.
+
     Parameters
     ----------
     estimator : classifier with predict_proba
@@ -195,27 +200,9 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
         if oof_proba is not None:
             raise ValueError('oof_proba is only used with cv="given"')
         augment = _check_augment(len(y), X_aug, y_aug, aug_source)
-        views = self._views(X)
-        splits = list(check_cv(self.cv, y, classifier=True).split(views[0], y))
-        jobs = [(train, test) for train, test in splits] + [(np.arange(len(y)), None)]
-        with threadpool_limits(1 if (self.n_jobs or 1) != 1 else None):
-            fitted = Parallel(n_jobs=self.n_jobs, backend="threading")(
-                delayed(_fit_one)(self.estimator, views[0], y, train, augment)
-                for train, _ in jobs)
-        raw = np.full(len(y), np.nan)
-        fold = np.full(len(y), -1)
-        for k, (model, (_, test)) in enumerate(zip(fitted[:-1], jobs[:-1])):
-            raw[test] = _mean_view_score(model, [_take(V, test) for V in views])
-            fold[test] = k
-        if np.isnan(raw).any():
-            raise ValueError("cv must cover every sample exactly once as a test sample")
-        self.raw_oof_proba_ = raw
-        self.oof_fold_ = fold
-        self.calibrator_ = self._fit_calibrator(raw, y)
-        self.oof_proba_ = self._calibrate(raw)
-        self.threshold_ = choose_threshold(y, self.oof_proba_, self.threshold_rule)
-        self.estimator_ = fitted[-1]
-        return self
+        raw, fold, self.estimator_ = cross_fit(self.estimator, self._views(X), y, self.cv,
+                                               augment, self.n_jobs)
+        return self._decide(raw, fold, y)
 
     def _fit_given(self, X, y, oof_proba, oof_fold):
         if oof_proba is None:
@@ -227,12 +214,17 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
         fold = np.full(len(y), -1) if oof_fold is None else np.asarray(oof_fold)
         if fold.shape != y.shape:
             raise ValueError(f"oof_fold has shape {fold.shape}, expected {y.shape}")
+        self.estimator_ = clone(self.estimator).fit(X, y)
+        return self._decide(raw, fold, y)
+
+    def _decide(self, raw, fold, y):
+        """Calibration on the out-of-fold scores ``raw``, then the threshold on
+        the calibrated ones: the two jobs after the cross-fitting."""
         self.raw_oof_proba_ = raw
         self.oof_fold_ = fold
         self.calibrator_ = self._fit_calibrator(raw, y)
         self.oof_proba_ = self._calibrate(raw)
         self.threshold_ = choose_threshold(y, self.oof_proba_, self.threshold_rule)
-        self.estimator_ = clone(self.estimator).fit(X, y)
         return self
 
     def rethreshold(self, y, threshold_rule):
@@ -282,6 +274,54 @@ class DecisionClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         """1 (pneumonia) where the calibrated probability reaches ``threshold_``."""
         return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
+
+
+def cross_fit(estimator, views, y, cv, augment=None, n_jobs=None, score=None):
+    """Out-of-fold scores of a copy of ``estimator`` per fold, and one fitted on all rows.
+
+    Parameters
+    ----------
+    estimator : classifier with predict_proba
+    views : list of arrays
+        The feature rows of each test-time view (one array: no views); every
+        model trains on the first view only.
+    y : array of shape (n_samples,)
+    cv : int or list of (train, test) index arrays
+        Every row must be a test row exactly once.
+    augment : tuple (X_aug, y_aug, source), optional
+        Training copies: each joins the training part of every fit whose
+        training rows hold its ``source`` row, and is never scored.
+    n_jobs : int, optional
+        Threads for the fold fits and the final fit (BLAS held to one each).
+    score : callable, optional
+        ``score(model, views_of_test_rows)`` -> each row's score(s); default:
+        P(positive), the `mean_logit` over the views.
+
+    Returns
+    -------
+    raw : ndarray of shape (n_samples,) or (n_samples, n_scores)
+        Each row's out-of-fold score.
+    fold : ndarray of shape (n_samples,)
+        The fold that scored each row.
+    final : classifier
+        The copy fitted on every row (and every copy).
+    """
+    splits = list(check_cv(cv, y, classifier=True).split(views[0], y))
+    jobs = [(train, test) for train, test in splits] + [(np.arange(len(y)), None)]
+    with threadpool_limits(1 if (n_jobs or 1) != 1 else None):
+        fitted = Parallel(n_jobs=n_jobs, backend="threading")(
+            delayed(_fit_one)(estimator, views[0], y, train, augment) for train, _ in jobs)
+    score = score or _mean_view_score
+    raw, fold = None, np.full(len(y), -1)
+    for k, (model, (_, test)) in enumerate(zip(fitted[:-1], jobs[:-1])):
+        part = np.asarray(score(model, [_take(V, test) for V in views]), dtype=np.float64)
+        if raw is None:
+            raw = np.full((len(y),) + part.shape[1:], np.nan)
+        raw[test] = part
+        fold[test] = k
+    if raw is None or np.isnan(raw).any():
+        raise ValueError("cv must cover every sample exactly once as a test sample")
+    return raw, fold, fitted[-1]
 
 
 def mean_logit(probas):

@@ -22,17 +22,14 @@ three classes, step 2 is the argmax among the classes after the first.
 from __future__ import annotations
 
 import numpy as np
-from joblib import Parallel, delayed
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import check_cv
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
 
 from .assemble import make_head
-from .decision import _check_augment, _fit_one
+from .decision import _check_augment, cross_fit
 from .metrics import DEFAULT_THRESHOLD_RULE, choose_threshold
 
 __all__ = ["MultiClassDecision", "TemperatureScaler", "make_multiclass_head", "decide",
@@ -204,26 +201,16 @@ class MultiClassDecision(ClassifierMixin, BaseEstimator):
         augment = _check_augment(len(y), X_aug, y_aug, aug_source)
         if augment is not None:
             augment = (augment[0], self._encode(augment[1]), augment[2])
-        splits = list(check_cv(self.cv, codes, classifier=True).split(X, codes))
-        jobs = splits + [(np.arange(len(y)), None)]
-        with threadpool_limits(1 if (self.n_jobs or 1) != 1 else None):
-            fitted = Parallel(n_jobs=self.n_jobs, backend="threading")(
-                delayed(_fit_one)(self.estimator, X, codes, train, augment) for train, _ in jobs)
         k = len(self.classes_)
-        raw = np.full((len(y), k), np.nan)
-        fold = np.full(len(y), -1)
-        for number, (model, (_, test)) in enumerate(zip(fitted[:-1], splits)):
-            raw[test] = _class_proba(model, X[test], k)
-            fold[test] = number
-        if np.isnan(raw).any():
-            raise ValueError("cv must cover every sample exactly once as a test sample")
+        raw, fold, self.estimator_ = cross_fit(
+            self.estimator, [X], codes, self.cv, augment, self.n_jobs,
+            score=lambda model, views: _class_proba(model, views[0], k))
         self.raw_oof_proba_, self.oof_fold_ = raw, fold
         self.calibrator_ = (None if self.calibration is None
                             else TemperatureScaler().fit(raw, codes))
         self.oof_proba_ = self._calibrate(raw)
         self.threshold_, self.subtype_threshold_ = _fit_thresholds(
             self.oof_proba_, codes, self.decision, self.threshold_rule)
-        self.estimator_ = fitted[-1]
         return self
 
     def _encode(self, y):
