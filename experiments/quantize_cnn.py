@@ -31,7 +31,6 @@ and threshold with each network and counts the decisions that change.
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.assemble import cnn_preprocessor, extract_preprocessed
+from pipelines.baselines import OOF_DIR, read_oof
+from pipelines.decision import logit
 from xray_features.preprocess import default_preprocessor
 from pipelines.metrics import auc
 from xray_features.cnn import OnnxCNNScore, OnnxEmbedder, prepare_batch
@@ -48,7 +49,6 @@ from xray_features.dataset import index_dataset
 
 CALIBRATION_STEP, CALIBRATION_N, PERCENTILE = 81, 64, 99.999
 POOLING = ("ReduceMean", "GlobalAveragePool")
-OOF_DIR = Path(__file__).resolve().parents[1] / "xray_features" / "models" / "oof"
 
 
 def calibration_paths(data_dir):
@@ -113,8 +113,7 @@ def quantize(source, out, data_dir, batch_size=8):
 
 
 def _logit(p):
-    p = np.clip(np.asarray(p, np.float64).ravel(), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
+    return logit(np.ravel(p), eps=1e-7)
 
 
 def _ms_per_image(extractor, images, rounds=3):
@@ -149,8 +148,8 @@ def compare(source, out, data_dir):
                    auc_in_sample_fp32=auc(y, fp32.ravel()), auc_in_sample_int8=auc(y, int8.ravel()))
     oof = OOF_DIR / (Path(source).stem + ".csv")
     if oof.is_file():
-        rows = {row["path"]: float(row["proba"]) for row in csv.DictReader(oof.open())}
-        cv = _logit([rows[str(Path(p).relative_to(data_dir))] for p in index.paths])
+        rows = read_oof(oof)
+        cv = _logit([rows[str(Path(p).relative_to(data_dir))][2] for p in index.paths])
         figures.update(cv_auc_fp32=auc(y, cv), cv_auc_int8_estimate=auc(y, cv + shift))
     return figures
 

@@ -22,9 +22,9 @@ __all__ = ["DecisionClassifier", "PlattCalibrator", "ScoreHead", "cross_fit", "l
 _EPS = 1e-6
 
 
-def logit(p):
-    """log(p / (1 - p)), with p clipped to [1e-6, 1 - 1e-6]."""
-    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+def logit(p, eps=_EPS):
+    """log(p / (1 - p)), with p clipped to [eps, 1 - eps] (default 1e-6)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
     return np.log(p / (1 - p))
 
 

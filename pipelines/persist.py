@@ -24,8 +24,8 @@ import numpy as np
 
 from xray_features.hashing import file_sha256
 
-__all__ = ["ModelFileError", "save_model", "load_model", "packaged_model_file", "package_versions", "sha256_of",
-           "atomic_write_bytes", "check_decision_numbers"]
+__all__ = ["ModelFileError", "save_model", "load_model", "packaged_model_file",
+           "package_versions", "sha256_of", "atomic_write_bytes", "check_decision_numbers"]
 
 FORMAT = "xray-hybrid-model/1"
 _VERSIONS_PREFIX = "# versions "  # the sidecar's comment line (sha256sum -c skips it)

@@ -15,6 +15,7 @@ import pytest
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from pipelines.assemble import extract_preprocessed, with_network
+from pipelines.decision import logit
 from pipelines.persist import load_model
 from xray_features.cnn import MODELS_DIR, PACKAGED_SHA256, OnnxCNNScore, OnnxEmbedder
 from xray_features.dataset import index_dataset
@@ -30,8 +31,7 @@ MAX_CHANGED_SHARE = 0.01                    # measured 17 / 5,216 on train/, 2 /
 
 
 def _logit(p):
-    p = np.clip(np.asarray(p, np.float64).ravel(), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
+    return logit(np.ravel(p), eps=1e-7)
 
 
 def _outputs(films, kind):

@@ -28,8 +28,6 @@ def as_images(X):
             X = X[:, None, :]
         if X.ndim != 3:
             raise ValueError(f"expected a batch of 2-D images, got an array of shape {X.shape}")
-        if np.iscomplexobj(X):
-            raise ValueError(f"image 0 is not numeric: dtype {X.dtype}")
         X = np.ascontiguousarray(X, dtype=np.float32)
         finite = np.isfinite(X.reshape(len(X), -1)).all(axis=1)
         if not finite.all():
